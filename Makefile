@@ -1,0 +1,59 @@
+# The two commands: `make lab` builds and deploys the lab, `make test` runs every check.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv
+export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(BIN):$(PATH)
+
+# CI's lab: its own names and subnet, nothing published, so it never meets `make lab`'s.
+CI_LAB_ENV := ISPMAIL_LAB=ispmail-ci ISPMAIL_LAB_SUBNET=10.214.0.0/24 ISPMAIL_LAB_PUBLISH=no
+
+.PHONY: help host-deps venv lab lab-info lab-destroy test lint unit molecule clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+host-deps: ## Install the host packages the lab needs (Debian 12, as root)
+	@missing=""; for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(BIN)/.installed: requirements.txt | host-deps
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(BIN)/.installed ## Create the Python virtualenv with the pinned tools
+
+lab: venv ## Build the lab containers and deploy the whole platform into them
+	ansible-playbook playbooks/lab/create.yml
+	ansible-playbook playbooks/site.yml
+	@$(MAKE) --no-print-directory lab-info
+
+lab-info: venv ## Print the lab's endpoints on 127.0.0.1 as JSON
+	@python3 lab/info.py
+
+lab-destroy: venv ## Remove the lab's containers, network and volumes
+	ansible-playbook playbooks/lab/destroy.yml
+
+test: lint unit molecule ## Lint, unit tests and the molecule scenario
+
+lint: venv ## yamllint and ansible-lint (production profile)
+	yamllint --strict .
+	ansible-lint --profile production
+
+unit: venv ## Unit tests of filters and modules
+	pytest -q tests/unit
+
+molecule: venv ## Create CI's own lab from the lab inventory, converge twice, verify, destroy
+	env $(CI_LAB_ENV) molecule test -s lab
+
+clean: ## Remove the virtualenv and caches (not the lab)
+	rm -rf $(VENV) .cache
