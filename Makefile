@@ -45,15 +45,16 @@ lab-destroy: venv ## Remove the lab's containers, network and volumes
 
 test: lint unit molecule ## Lint, unit tests and the molecule scenario
 
-lint: venv ## yamllint and ansible-lint (production profile)
+lint: venv ## yamllint, ansible-lint (production profile), both inventories parse
 	yamllint --strict .
 	ansible-lint --profile production
+	for inv in inventories/*/; do ansible-inventory -i $$inv --graph >/dev/null; done
 
 unit: venv ## Unit tests of filters and modules
 	pytest -q tests/unit
 
 molecule: venv ## Create CI's own lab from the lab inventory, converge twice, verify, destroy
-	env $(CI_LAB_ENV) molecule test -s lab
+	env $(CI_LAB_ENV) molecule test
 
 clean: ## Remove the virtualenv and caches (not the lab)
 	rm -rf $(VENV) .cache

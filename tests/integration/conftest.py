@@ -1,0 +1,44 @@
+"""Integration tests run against a live lab (CI's molecule lab or `make lab`).
+
+Hosts come from the lab inventory; commands run in the containers through podman.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import testinfra
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import lab_inventory  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def lab():
+    return lab_inventory.load()
+
+
+@pytest.fixture(scope="session")
+def lab_host(lab):
+    """lab_host('gw1') -> a testinfra host inside that container."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = testinfra.get_host("podman://" + lab["hosts"][name]["ansible_host"])
+        return cache[name]
+
+    return get
+
+
+def pytest_generate_tests(metafunc):
+    """`lab_hostname` runs a test once per lab host; `@pytest.mark.group('x')` narrows it."""
+    if "lab_hostname" in metafunc.fixturenames:
+        lab = lab_inventory.load()
+        marker = metafunc.definition.get_closest_marker("group")
+        names = lab["groups"][marker.args[0]] if marker else lab["groups"]["all"]
+        metafunc.parametrize("lab_hostname", sorted(names))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "group(name): run the test once per host of this inventory group")

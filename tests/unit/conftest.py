@@ -1,0 +1,6 @@
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+for folder in ("filter_plugins", "library", "module_utils"):
+    sys.path.insert(0, str(ROOT / folder))

@@ -1,0 +1,42 @@
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from lab import lab_publish_args
+from storage import nfs_mount_options
+
+
+def test_nfs_options_add_version_and_keep_order():
+    assert nfs_mount_options(["rw", "hard", "proto=tcp", "rw"], "3") == "rw,hard,proto=tcp,nfsvers=3"
+
+
+@pytest.mark.parametrize("option", ["soft", "nolock", "async"])
+def test_nfs_unsafe_options_are_refused(option):
+    with pytest.raises(AnsibleFilterError, match=f"'{option}' is not allowed"):
+        nfs_mount_options(["rw", option], "3")
+
+
+@pytest.mark.parametrize("option", ["vers=4", "nfsvers=3"])
+def test_nfs_version_only_from_its_variable(option):
+    with pytest.raises(AnsibleFilterError, match="nfs_mailstore_version"):
+        nfs_mount_options([option], "3")
+
+
+def test_nfs_bad_version():
+    with pytest.raises(AnsibleFilterError, match="must be 3, 4, 4.1 or 4.2"):
+        nfs_mount_options(["rw"], "5")
+
+
+def test_nfs_options_must_be_a_list():
+    with pytest.raises(AnsibleFilterError, match="must be a list"):
+        nfs_mount_options("rw,hard", "3")
+
+
+def test_publish_args_sorted_on_loopback():
+    ports = {"smtp": {"host": 10025, "container": 25}, "imap": {"host": "10143", "container": 143}}
+    assert lab_publish_args(ports) == ["--publish=127.0.0.1:10143:143", "--publish=127.0.0.1:10025:25"]
+
+
+@pytest.mark.parametrize("port", [{"host": 0, "container": 25}, {"host": "x", "container": 25}, {"host": 1}])
+def test_publish_args_bad_ports(port):
+    with pytest.raises(AnsibleFilterError, match="lab_published_ports.smtp"):
+        lab_publish_args({"smtp": port})
