@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
-HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv
+HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)
@@ -35,6 +35,7 @@ venv: $(BIN)/.installed ## Create the Python virtualenv with the pinned tools
 lab: venv ## Build the lab containers and deploy the whole platform into them
 	ansible-playbook playbooks/lab/create.yml
 	ansible-playbook playbooks/site.yml
+	ansible-playbook playbooks/users.yml
 	@$(MAKE) --no-print-directory lab-info
 
 lab-info: venv ## Print the lab's endpoints on 127.0.0.1 as JSON
@@ -50,8 +51,8 @@ lint: venv ## yamllint, ansible-lint (production profile), both inventories pars
 	ansible-lint --profile production
 	for inv in inventories/*/; do ansible-inventory -i $$inv --graph >/dev/null; done
 
-unit: venv ## Unit tests of filters and modules
-	pytest -q tests/unit
+unit: venv ## Unit tests, and the LDAP modules against a private slapd
+	pytest -q tests/unit tests/slapd
 
 molecule: venv ## Create CI's own lab from the lab inventory, converge twice, verify, destroy
 	env $(CI_LAB_ENV) molecule test

@@ -30,4 +30,6 @@ def load():
         check=True, capture_output=True, text=True, cwd=ROOT, env=env,
     ).stdout
     result = json.loads(out)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
-    return json.loads(result) if isinstance(result, str) else result
+    lab = json.loads(result) if isinstance(result, str) else result
+    lab["root"] = str(ROOT)
+    return lab

@@ -1,0 +1,40 @@
+"""Filters for the OpenLDAP role: access rules and syncrepl settings as data."""
+
+from ansible.errors import AnsibleFilterError
+
+
+def ldap_access_rules(accounts, base_dn, root_peer):
+    """olcAccess values, in order, for the platform's directory.
+
+    - userPassword: usable for binds only; users may change their own; only the
+      replicator reads it (consumers need the hashes for local binds).
+    - root over ldapi manages everything; the replicator reads everything.
+    - each service account reads only its own attributes under ou=domains.
+    - users read their own entry; nobody else sees anything.
+    """
+    if not isinstance(accounts, dict) or "replicator" not in accounts:
+        raise AnsibleFilterError("ldap_service_accounts must be a dict that includes 'replicator'")
+    services = f"ou=services,{base_dn}"
+    domains = f"ou=domains,{base_dn}"
+    replicator = f"cn=replicator,{services}"
+    root = f'by dn.exact="{root_peer}" manage'
+    rules = [
+        f'to attrs=userPassword {root} by dn.exact="{replicator}" read by self =xw by anonymous auth by * none',
+        f'to * {root} by dn.exact="{replicator}" read by * break',
+    ]
+    for name, account in sorted(accounts.items()):
+        attrs = account.get("read_attributes") or []
+        if name == "replicator" or not attrs:
+            continue
+        if not all(isinstance(a, str) and a.replace("-", "").isalnum() for a in attrs):
+            raise AnsibleFilterError(f"ldap_service_accounts.{name}.read_attributes must be attribute names")
+        rules.append(f'to dn.subtree="{domains}" attrs={",".join(attrs)} '
+                     f'by dn.exact="cn={name},{services}" read by * break')
+    rules.append(f'to dn.subtree="{domains}" by self read by * none')
+    rules.append("to * by * none")
+    return rules
+
+
+class FilterModule:
+    def filters(self):
+        return {"ldap_access_rules": ldap_access_rules}

@@ -1,0 +1,408 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: mail_user
+short_description: Manage mail users in the platform's OpenLDAP directory
+description:
+  - Creates, updates and removes mail users stored as C(mail=<address>,ou=<domain>,ou=domains,<base_dn>)
+    with the object classes C(inetOrgPerson) and C(ispmailUser).
+  - Only the options given are enforced on an existing user; an option left out keeps the value in
+    LDAP. Exceptions are O(spam_check) and O(virus_check), where unset means "domain default" and
+    removes the attribute.
+  - Passwords are stored as C({CRYPT}) SHA-512 crypt, which slapd simple binds and Dovecot verify.
+    Neither the password nor its hash is ever returned.
+  - All input is validated before the first write, so bad input leaves LDAP untouched.
+  - The bulk form O(users) reads the whole tree with one paged search and writes only what differs,
+    for thousands of users in one task.
+version_added: "1.0.0"
+author: ISP mail platform team
+requirements:
+  - ldap3 (Python library) on the host that runs the module
+options:
+  address:
+    description:
+      - Mail address of the user, stored in lower case. Its domain must exist (see M(mail_domain)).
+      - Mutually exclusive with O(users); one of the two is required.
+    type: str
+  password:
+    description: Plain-text password; hashed by the module. Leave out to keep the current one.
+    type: str
+  update_password:
+    description:
+      - V(always) sets O(password) whenever it differs from the stored one (checked against the
+        stored hash, so an unchanged password reports no change).
+      - V(on_create) sets it only when the user is created.
+    type: str
+    choices: [always, on_create]
+    default: always
+  quota:
+    description:
+      - Mailbox quota as bytes or a whole number with a binary unit K, M, G or T (V(500M), V(2G)).
+        V(0) means unlimited. Stored in bytes.
+    type: raw
+  forward_to:
+    description: Addresses mail is forwarded to. V([]) removes all forwards.
+    type: list
+    elements: str
+  keep_copy:
+    description: Keep a copy of forwarded mail in the mailbox.
+    type: bool
+  spam_check:
+    description:
+      - Spam check contract of the user. Unset (or null) removes the attribute, so the domain
+        default applies.
+    type: bool
+  virus_check:
+    description:
+      - Virus check contract of the user. Unset (or null) removes the attribute, so the domain
+        default applies.
+    type: bool
+  keyword_filters:
+    description:
+      - The user's keyword filters, stored as canonical JSON values. V([]) removes all.
+      - LDAP values are unordered, so the order of the list does not matter.
+    type: list
+    elements: dict
+    suboptions:
+      header:
+        description: Header field to inspect, for example V(Subject).
+        type: str
+        required: true
+      contains:
+        description: Text the header must contain.
+        type: str
+        required: true
+      action:
+        description: One of V(discard), V(folder) (needs O(keyword_filters[].folder)) or V(tag).
+        type: str
+        required: true
+      folder:
+        description: Target folder; required with action V(folder) and only valid with it.
+        type: str
+  mailbox_host:
+    description:
+      - Mailbox server of the user. When left out on create, it is picked from O(mailbox_hosts)
+        by rendezvous hashing of the address; an existing value is only changed when this option
+        is given.
+    type: str
+  mailbox_hosts:
+    description:
+      - Mailbox servers to pick from when a user is created without O(mailbox_host). The pick is
+        deterministic for an address.
+    type: list
+    elements: str
+  enabled:
+    description: Whether the account may log in and receive mail. New users are enabled unless set.
+    type: bool
+  state:
+    description: V(absent) removes the user; only the address is needed then.
+    type: str
+    choices: [present, absent]
+    default: present
+  users:
+    description:
+      - Bulk form, instead of O(address); a list of users with the per-user keys O(address),
+        O(password), O(update_password), O(quota), O(forward_to), O(keep_copy), O(spam_check),
+        O(virus_check), O(keyword_filters), O(mailbox_host), O(enabled) and O(state).
+      - A key an item leaves unset takes the value of the same option at the top level.
+      - Users in LDAP but not in the list are left alone.
+    type: list
+    elements: dict
+  server_uri:
+    description:
+      - LDAP server. V(ldapi:///) is Debian's socket C(/var/run/slapd/ldapi); other sockets as
+        C(ldapi://%2Fpath%2Fto%2Fsocket). Writes must go to the provider, not a replica.
+    type: str
+    default: ldapi:///
+  bind_dn:
+    description:
+      - DN for a simple bind. Without it the module binds with SASL EXTERNAL, which works only
+        over C(ldapi://) (as root on the provider).
+    type: str
+  bind_pw:
+    description: Password of O(bind_dn).
+    type: str
+  base_dn:
+    description: Base DN of the platform's tree, for example V(dc=ispmail,dc=test).
+    type: str
+    required: true
+  start_tls:
+    description: Upgrade an C(ldap://) connection with StartTLS.
+    type: bool
+    default: false
+  ca_file:
+    description: CA certificates to verify the server with (C(ldaps://) or StartTLS).
+    type: path
+  validate_certs:
+    description: Verify the server certificate.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+notes:
+  - The bind identity needs C(manage) or C(write) access below C(ou=domains,<base_dn>) and, for
+    the bulk form, no size limit (C(olcLimits ... size=unlimited)).
+"""
+
+EXAMPLES = r"""
+- name: Create a user with a pinned mailbox server
+  mail_user:
+    base_dn: dc=ispmail,dc=test
+    address: alice@example.com
+    password: "{{ vault_alice_password }}"
+    quota: 2G
+    mailbox_host: mbox01
+    keyword_filters:
+      - {header: Subject, contains: "[SPAM]", action: folder, folder: Junk}
+
+- name: Apply all users of the customer database in one run
+  mail_user:
+    base_dn: dc=ispmail,dc=test
+    mailbox_hosts: [mbox01, mbox02, mbox03, mbox04]
+    update_password: on_create
+    users: "{{ ispmail_users }}"
+
+- name: Remove a user
+  mail_user:
+    base_dn: dc=ispmail,dc=test
+    address: bob@example.com
+    state: absent
+"""
+
+RETURN = r"""
+dn:
+  description: DN of the user (single form).
+  returned: single form
+  type: str
+  sample: mail=alice@example.com,ou=example.com,ou=domains,dc=ispmail,dc=test
+entry:
+  description: The user as stored after the run, without password; V({}) when absent.
+  returned: single form
+  type: dict
+  sample:
+    address: alice@example.com
+    enabled: true
+    mailbox_host: mbox01
+    quota: 2147483648
+    forward_to: []
+    keep_copy: null
+    spam_check: null
+    virus_check: true
+    keyword_filters: [{action: folder, contains: "[SPAM]", folder: Junk, header: Subject}]
+summary:
+  description:
+    - Counts of the bulk form and the entries that changed. (Not called C(results), which Ansible
+      reserves for loops and renames.)
+  returned: bulk form
+  type: dict
+  sample: {created: 2, updated: 1, removed: 0, unchanged: 4997, changed_addresses: [a@example.com]}
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.ispmail_ldap import (
+    CONNECTION_ARGUMENT_SPEC, CONNECTION_REQUIRED_TOGETHER, LDAP3_IMPORT_ERROR, PASSWORD_CHANGED,
+    PASSWORD_UNCHANGED, USER_FILTER_ACTIONS, Attr, IspmailError, Write, apply_to_attrs, apply_writes,
+    attribute_changes, canonical_keyword_filters, connect, dn_of, domain_dn, domains_dn, encode,
+    entry_view, equality_filter, find_duplicates, hash_password, merge_item_defaults, parse_quota,
+    password_matches, pick_mailbox_host, search_subtree, validate_address)
+
+USER_ATTRS = {
+    "address": Attr("mail", "ci"),
+    "enabled": Attr("ispmailEnabled", "bool"),
+    "mailbox_host": Attr("ispmailMailboxHost", "ci"),
+    "quota": Attr("ispmailQuota", "int"),
+    "forward_to": Attr("ispmailForwardTo", "ci_list"),
+    "keep_copy": Attr("ispmailKeepCopy", "bool"),
+    "spam_check": Attr("ispmailSpamCheck", "bool"),
+    "virus_check": Attr("ispmailVirusCheck", "bool"),
+    "keyword_filters": Attr("ispmailKeywordFilter", "filters"),
+}
+READ_ATTRIBUTES = ["objectClass", "ispmailDomainName", "userPassword"] + [a.name for a in USER_ATTRS.values()]
+# Enforced only when given; spam_check and virus_check are always enforced (unset = domain default).
+OPTIONAL_SETTINGS = ("enabled", "mailbox_host", "quota", "forward_to", "keep_copy", "keyword_filters")
+
+
+def user_options(item):
+    """Per-user options; inside a users item they have no defaults so the top level can fill them."""
+    return dict(
+        address=dict(type="str", required=item),
+        password=dict(type="str", no_log=True),
+        update_password=dict(type="str", choices=["always", "on_create"], default=None if item else "always",
+                             no_log=False),
+        quota=dict(type="raw"),
+        forward_to=dict(type="list", elements="str"),
+        keep_copy=dict(type="bool"),
+        spam_check=dict(type="bool"),
+        virus_check=dict(type="bool"),
+        keyword_filters=dict(type="list", elements="dict", options=dict(
+            header=dict(type="str", required=True),
+            contains=dict(type="str", required=True),
+            action=dict(type="str", required=True),
+            folder=dict(type="str"),
+        )),
+        mailbox_host=dict(type="str"),
+        enabled=dict(type="bool"),
+        state=dict(type="str", choices=["present", "absent"], default=None if item else "present"),
+    )
+
+
+PER_USER_KEYS = tuple(user_options(False))
+
+
+def normalise_user(item, field):
+    """The validated per-user input with canonical values; field prefixes error messages."""
+    user = dict(item)
+    user["address"] = validate_address(item["address"], f"{field}address")
+    if item["quota"] is not None:
+        user["quota"] = parse_quota(item["quota"], f"{field}quota")
+    if item["forward_to"] is not None:
+        user["forward_to"] = sorted({validate_address(target, f"{field}forward_to[{index}]")
+                                     for index, target in enumerate(item["forward_to"])})
+    user["keyword_filters"] = canonical_keyword_filters(
+        item["keyword_filters"], USER_FILTER_ACTIONS, f"{field}keyword_filters")
+    if item["mailbox_host"] is not None:
+        user["mailbox_host"] = item["mailbox_host"].strip().lower()
+        if not user["mailbox_host"]:
+            raise IspmailError(f"{field}mailbox_host: must not be empty")
+    return user
+
+
+def with_password_marker(view, stored_hash, changed):
+    if changed:
+        return dict(view, password=PASSWORD_CHANGED)
+    return dict(view, password=PASSWORD_UNCHANGED) if stored_hash else view
+
+
+def plan_user(user, current, domain_dns, mailbox_hosts, field):
+    """(write or None, dn, before, after) for one user; raises before anything is written."""
+    address = user["address"]
+    if user["state"] == "absent":
+        if current is None:
+            return None, None, {}, {}
+        return Write("delete", current[0], {}), current[0], entry_view(USER_ATTRS, current[1]), {}
+
+    desired = {key: user[key] for key in OPTIONAL_SETTINGS if user[key] is not None}
+    desired.update(spam_check=user["spam_check"], virus_check=user["virus_check"])
+    password = user["password"]
+
+    if current is None:
+        local_part, _, domain = address.partition("@")
+        if domain not in domain_dns:
+            raise IspmailError(f"{field}address: domain {domain} of {address} does not exist in LDAP; "
+                               "create it with mail_domain first")
+        if "mailbox_host" not in desired:
+            if not mailbox_hosts:
+                raise IspmailError(f"{field}mailbox_host: needed to create {address}; give it or mailbox_hosts")
+            desired["mailbox_host"] = pick_mailbox_host(address, mailbox_hosts)
+        desired.setdefault("enabled", True)
+        desired["address"] = address
+        attrs = {USER_ATTRS[key].name: encode(USER_ATTRS[key].kind, value) for key, value in desired.items()}
+        attrs.update(objectClass=["inetOrgPerson", "ispmailUser"], cn=[address], sn=[local_part], uid=[address])
+        if password is not None:
+            attrs["userPassword"] = [hash_password(password)]
+        dn = dn_of(("mail", address), domain_dns[domain])
+        after = entry_view(USER_ATTRS, {name.lower(): values for name, values in attrs.items()})
+        return Write("add", dn, attrs), dn, {}, with_password_marker(after, None, password is not None)
+
+    dn, attrs = current
+    stored_hash = (attrs.get("userpassword") or [None])[0]
+    changes = attribute_changes(USER_ATTRS, attrs, desired)
+    new_password = (password is not None and user["update_password"] == "always"
+                    and not password_matches(password, stored_hash))
+    before = with_password_marker(entry_view(USER_ATTRS, attrs), stored_hash, False)
+    after = with_password_marker(entry_view(USER_ATTRS, apply_to_attrs(attrs, changes)), stored_hash, new_password)
+    if new_password:
+        changes["userPassword"] = [hash_password(password)]
+    return (Write("modify", dn, changes) if changes else None), dn, before, after
+
+
+def index_entries(entries):
+    """Domain DNs by domain name and (dn, attrs) of users by address, from one search."""
+    domain_dns, users = {}, {}
+    for dn, attrs in entries:
+        classes = {value.lower() for value in attrs.get("objectclass", [])}
+        if "ispmaildomain" in classes:
+            for name in attrs.get("ispmaildomainname", []):
+                domain_dns[name.lower()] = dn
+        if "ispmailuser" in classes:
+            for address in attrs.get("mail", []):
+                users[address.lower()] = (dn, attrs)
+    return domain_dns, users
+
+
+def run(module):
+    params = module.params
+    bulk = params["users"] is not None
+    if bulk:
+        items = [(merge_item_defaults(item, params, PER_USER_KEYS), f"users[{index}].")
+                 for index, item in enumerate(params["users"])]
+    else:
+        items = [({key: params[key] for key in PER_USER_KEYS}, "")]
+    users = [normalise_user(item, field) for item, field in items]
+    duplicates = find_duplicates(user["address"] for user in users)
+    if duplicates:
+        raise IspmailError(f"users: listed more than once: {', '.join(duplicates)}")
+
+    conn = connect(params)
+    try:
+        if bulk:
+            entries = search_subtree(conn, domains_dn(params["base_dn"]),
+                                     "(|(objectClass=ispmailDomain)(objectClass=ispmailUser))", READ_ATTRIBUTES)
+        else:
+            address = users[0]["address"]
+            entries = search_subtree(conn, domain_dn(address.partition("@")[2], params["base_dn"]),
+                                     f"(|(objectClass=ispmailDomain){equality_filter('mail', address)})",
+                                     READ_ATTRIBUTES)
+        domain_dns, existing = index_entries(entries)
+        plans = [plan_user(user, existing.get(user["address"]), domain_dns, params["mailbox_hosts"], field)
+                 for user, (_, field) in zip(users, items)]
+        writes = [write for write, _, _, _ in plans if write]
+        if writes and not module.check_mode:
+            apply_writes(conn, writes, params["server_uri"])
+    finally:
+        conn.unbind()
+
+    if not bulk:
+        write, dn, before, after = plans[0]
+        entry = {key: value for key, value in after.items() if key != "password"}
+        return dict(changed=bool(write), dn=dn, entry=entry, diff=dict(before=before, after=after))
+
+    changed = [(user["address"], plan) for user, plan in zip(users, plans) if plan[0]]
+    ops = [plan[0].op for _, plan in changed]
+    summary = dict(created=ops.count("add"), updated=ops.count("modify"), removed=ops.count("delete"),
+                   unchanged=len(users) - len(ops), changed_addresses=[address for address, _ in changed])
+    diff = dict(before={address: plan[2] for address, plan in changed},
+                after={address: plan[3] for address, plan in changed})
+    return dict(changed=bool(changed), summary=summary, diff=diff)
+
+
+def main():
+    argument_spec = dict(CONNECTION_ARGUMENT_SPEC, **user_options(False))
+    argument_spec.update(
+        mailbox_hosts=dict(type="list", elements="str"),
+        users=dict(type="list", elements="dict", options=user_options(True)),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=[("address", "users")],
+        required_one_of=[("address", "users")],
+        required_together=CONNECTION_REQUIRED_TOGETHER,
+        supports_check_mode=True,
+    )
+    if LDAP3_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("ldap3"), exception=LDAP3_IMPORT_ERROR)
+    try:
+        module.exit_json(**run(module))
+    except IspmailError as exc:
+        module.fail_json(msg=str(exc))
+
+
+if __name__ == "__main__":
+    main()
