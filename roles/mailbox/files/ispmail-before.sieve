@@ -2,11 +2,11 @@
 require ["vnd.dovecot.environment", "vnd.dovecot.execute", "variables", "fileinto", "mailbox",
          "editheader"];
 
-# The user's keyword filters from LDAP (userdb field ispmail_keyword_filters). The helper
-# reads the headers and prints discard, folder:<name>, tag, or nothing.
+# The user's keyword filters from LDAP. The userdb field is set when the user has any;
+# the helper reads them all, checks the headers and prints discard, folder:<name>, tag,
+# or nothing.
 if not string :is "${env.vnd.dovecot.config.ispmail_keyword_filters}" "" {
-  if execute :pipe :output "verdict" "ispmail-keyword-filter"
-             ["${env.vnd.dovecot.config.ispmail_keyword_filters}"] {
+  if execute :pipe :output "verdict" "ispmail-keyword-filter" ["${env.vnd.dovecot.username}"] {
     if string :is "${verdict}" "discard" {
       discard;
       stop;

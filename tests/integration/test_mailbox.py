@@ -1,0 +1,149 @@
+"""The mailbox tier through its real path: LMTP into the user's mailbox server, read back
+over IMAP and POP3 through the gateways' relay, quota, keyword filters, ManageSieve,
+one server per user, and moving a user."""
+
+import re
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from mailclient import (ManageSieve, imap_find, imap_login, lmtp_deliver, message, pop3_retrieve_all)
+
+PASSWORDS = {
+    "alice@example.com": "alice-lab-password",
+    "bob@example.com": "bob-lab-password",
+    "carol@example.org": "carol-lab-password",
+    "dave@example.org": "dave-lab-password",
+}
+
+
+def mailbox_host(lab_host, user):
+    out = lab_host("ldap1").check_output(
+        f"ldapsearch -Q -LLL -Y EXTERNAL -H ldapi:/// -b ou=domains,dc=ispmail,dc=test '(mail={user})' "
+        "ispmailMailboxHost")
+    return re.search(r"ispmailMailboxHost: (\S+)", out).group(1)
+
+
+def wait_for(predicate, timeout=20):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def test_delivered_mail_is_read_over_imap_and_pop3_through_two_gateways(lab, lab_host):
+    user = "alice@example.com"
+    subject, text = message(user)
+    assert lmtp_deliver(lab, mailbox_host(lab_host, user), user, text) == {}
+    imap = imap_login(lab, "gw1", user, PASSWORDS[user])
+    try:
+        assert imap_find(imap, "INBOX", subject)
+    finally:
+        imap.logout()
+    messages = pop3_retrieve_all(lab, "gw2", user, PASSWORDS[user])
+    assert any(subject in m for m in messages)
+
+
+def test_wrong_password_is_refused_by_the_relay(lab):
+    with pytest.raises(Exception, match="AUTHENTICATIONFAILED|Authentication failed"):
+        imap_login(lab, "gw3", "alice@example.com", "not-her-password")
+
+
+def test_every_session_of_a_user_lands_on_one_mailbox_server(lab, lab_host):
+    user = "carol@example.org"
+    pinned = mailbox_host(lab_host, user)
+    sessions = [imap_login(lab, gateway, user, PASSWORDS[user]) for gateway in lab["groups"]["gateway"]]
+    try:
+        for server in lab["groups"]["mailbox"]:
+            who = lab_host(server).check_output(f"doveadm who {user}")
+            if server == pinned:
+                count = re.search(rf"{re.escape(user)}\s+(\d+)\s+imap", who)
+                assert count and int(count.group(1)) == len(sessions), who
+                # The relay passes the real client address on, not its own.
+                gateways = {lab["hosts"][g]["node_address"] for g in lab["groups"]["gateway"]}
+                assert not gateways & set(re.findall(r"\d+\.\d+\.\d+\.\d+", who)), who
+            else:
+                assert user not in who, f"{user} has a session on {server}, pinned to {pinned}"
+    finally:
+        for imap in sessions:
+            imap.logout()
+
+
+def test_quota_is_shown_and_over_quota_delivery_fails_permanently(lab, lab_host):
+    user = "dave@example.org"  # 10M in the lab accounts
+    imap = imap_login(lab, "gw1", user, PASSWORDS[user])
+    try:
+        status, data = imap.getquotaroot("INBOX")
+        assert status == "OK"
+        usage, limit = map(int, re.search(rb"STORAGE (\d+) (\d+)", data[1][0]).groups())
+        assert limit == 10 * 1024
+    finally:
+        imap.logout()
+    _, text = message(user, body="x" * 76 + "\r\n" * 0 + ("y" * 998 + "\r\n") * 11000)
+    with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused)) as failure:
+        lmtp_deliver(lab, mailbox_host(lab_host, user), user, text)
+    assert "552" in str(failure.value) and "5.2.2" in str(failure.value)
+
+
+def test_keyword_filters_from_ldap_file_and_discard(lab, lab_host):
+    user = "carol@example.org"  # Subject "newsletter" -> News; From spammer@example.net -> discard
+    host = mailbox_host(lab_host, user)
+    filed, text = message(user, subject="Weekly newsletter " + str(time.time()))
+    lmtp_deliver(lab, host, user, text)
+    dropped, text = message(user, sender="spammer@example.net")
+    lmtp_deliver(lab, host, user, text, sender="spammer@example.net")
+    kept, text = message(user)
+    lmtp_deliver(lab, host, user, text)
+    imap = imap_login(lab, "gw2", user, PASSWORDS[user])
+    try:
+        assert imap_find(imap, "News", filed)
+        assert not imap_find(imap, "INBOX", filed)
+        assert not imap_find(imap, "INBOX", dropped)
+        assert imap_find(imap, "INBOX", kept)
+    finally:
+        imap.logout()
+
+
+def test_managesieve_script_uploaded_through_the_relay_takes_effect(lab, lab_host):
+    user = "dave@example.org"
+    sieve = ManageSieve(lab, "gw3")
+    try:
+        sieve.login(user, PASSWORDS[user])
+        sieve.put_active("lab-test", 'require ["fileinto", "mailbox"];\n'
+                                     'if header :contains "subject" "project" { fileinto :create "Projects"; }\n')
+    finally:
+        sieve.close()
+    subject, text = message(user, subject=f"project plan {time.time()}")
+    lmtp_deliver(lab, mailbox_host(lab_host, user), user, text)
+    imap = imap_login(lab, "gw1", user, PASSWORDS[user])
+    try:
+        assert imap_find(imap, "Projects", subject)
+    finally:
+        imap.logout()
+
+
+def test_moving_a_user_keeps_all_mail(lab, lab_host):
+    user = "bob@example.com"
+    before = mailbox_host(lab_host, user)
+    target = next(h for h in lab["groups"]["mailbox"] if h != before)
+    subjects = []
+    for _ in range(3):
+        subject, text = message(user)
+        lmtp_deliver(lab, before, user, text)
+        subjects.append(subject)
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", "inventories/lab", "playbooks/move_user.yml",
+         "-e", f"move_user_address={user}", "-e", f"move_user_to={target}"],
+        capture_output=True, text=True, cwd=lab["root"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert mailbox_host(lab_host, user) == target
+    imap = imap_login(lab, "gw1", user, PASSWORDS[user])
+    try:
+        for subject in subjects:
+            assert imap_find(imap, "INBOX", subject), subject
+    finally:
+        imap.logout()
