@@ -147,3 +147,38 @@ def test_moving_a_user_keeps_all_mail(lab, lab_host):
             assert imap_find(imap, "INBOX", subject), subject
     finally:
         imap.logout()
+
+
+PROXY_LOGIN = r'''
+import socket, struct, sys
+src, dst = socket.inet_aton("{client}"), socket.inet_aton("{gateway}")
+header = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 12) + src + dst + struct.pack("!HH", 40000, 10143)
+s = socket.create_connection(("{gateway}", 10143), timeout=10)
+s.sendall(header)
+f = s.makefile("rb")
+greeting = f.readline().decode().strip()
+print("greeting:", greeting)
+if greeting.startswith("* OK"):
+    import ssl
+    s.sendall(b"s STARTTLS\r\n")
+    f.readline()
+    t = ssl.create_default_context(cafile="/etc/ssl/ispmail/ca.crt").wrap_socket(s, server_hostname="{gateway}")
+    t.sendall(b"a LOGIN {user} {password}\r\n")
+    print(t.makefile("rb").readline().decode().strip())
+'''
+
+
+@pytest.mark.parametrize("sender, trusted", [("lb1", True), ("gw2", False)])
+def test_proxy_protocol_is_trusted_only_from_the_load_balancer(lab, lab_host, sender, trusted):
+    user = "alice@example.com"
+    script = PROXY_LOGIN.format(client="192.0.2.77", gateway=lab["hosts"]["gw1"]["node_address"],
+                                user=user, password=PASSWORDS[user])
+    result = lab_host(sender).run(f"python3 -c '{script}'")
+    if trusted:
+        assert "a OK" in result.stdout, result.stdout + result.stderr
+        log = lab_host(mailbox_host(lab_host, user)).check_output(
+            f"journalctl -u dovecot --since '-1 min' --no-pager | grep 'user=<{user}>' || true")
+        assert "rip=192.0.2.77" in log, log
+    else:
+        # An untrusted PROXY header makes Dovecot drop the connection before its greeting.
+        assert "greeting: * OK" not in result.stdout, result.stdout
