@@ -89,43 +89,8 @@ options:
       - Domains in LDAP but not in the list are left alone.
     type: list
     elements: dict
-  server_uri:
-    description:
-      - LDAP server. V(ldapi:///) is Debian's socket C(/var/run/slapd/ldapi); other sockets as
-        C(ldapi://%2Fpath%2Fto%2Fsocket). Writes must go to the provider, not a replica.
-    type: str
-    default: ldapi:///
-  bind_dn:
-    description:
-      - DN for a simple bind. Without it the module binds with SASL EXTERNAL, which works only
-        over C(ldapi://) (as root on the provider).
-    type: str
-  bind_pw:
-    description: Password of O(bind_dn).
-    type: str
-  base_dn:
-    description: Base DN of the platform's tree, for example V(dc=ispmail,dc=test).
-    type: str
-    required: true
-  start_tls:
-    description: Upgrade an C(ldap://) connection with StartTLS.
-    type: bool
-    default: false
-  ca_file:
-    description: CA certificates to verify the server with (C(ldaps://) or StartTLS).
-    type: path
-  validate_certs:
-    description: Verify the server certificate.
-    type: bool
-    default: true
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-notes:
-  - The bind identity needs C(manage) or C(write) access below C(ou=domains,<base_dn>) and, for
-    the bulk form, no size limit (C(olcLimits ... size=unlimited)).
+extends_documentation_fragment:
+  - ispmail_ldap
 """
 
 EXAMPLES = r"""
@@ -177,12 +142,10 @@ summary:
   sample: {created: 1, updated: 0, removed: 0, unchanged: 41, changed_domains: [example.org]}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.ispmail_ldap import (
-    CONNECTION_ARGUMENT_SPEC, CONNECTION_REQUIRED_TOGETHER, DOMAIN_FILTER_ACTIONS, LDAP3_IMPORT_ERROR,
-    Attr, IspmailError, Write, apply_to_attrs, apply_writes, attribute_changes,
+    DOMAIN_FILTER_ACTIONS, Attr, IspmailError, Write, apply_to_attrs, apply_writes, attribute_changes,
     canonical_keyword_filters, connect, domain_dn, domains_dn, encode, entry_view, find_duplicates,
-    merge_item_defaults, search_subtree, validate_address, validate_domain)
+    merge_item_defaults, run_directory_module, search_subtree, validate_address, validate_domain)
 
 DOMAIN_ATTRS = {
     "name": Attr("ispmailDomainName", "ci"),
@@ -327,21 +290,8 @@ def run(module):
 
 
 def main():
-    argument_spec = dict(CONNECTION_ARGUMENT_SPEC, **domain_options(False))
-    argument_spec.update(domains=dict(type="list", elements="dict", options=domain_options(True)))
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=[("name", "domains")],
-        required_one_of=[("name", "domains")],
-        required_together=CONNECTION_REQUIRED_TOGETHER,
-        supports_check_mode=True,
-    )
-    if LDAP3_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("ldap3"), exception=LDAP3_IMPORT_ERROR)
-    try:
-        module.exit_json(**run(module))
-    except IspmailError as exc:
-        module.fail_json(msg=str(exc))
+    argument_spec = dict(domain_options(False), domains=dict(type="list", elements="dict", options=domain_options(True)))
+    run_directory_module(argument_spec, "name", "domains", run)
 
 
 if __name__ == "__main__":

@@ -112,43 +112,8 @@ options:
       - Users in LDAP but not in the list are left alone.
     type: list
     elements: dict
-  server_uri:
-    description:
-      - LDAP server. V(ldapi:///) is Debian's socket C(/var/run/slapd/ldapi); other sockets as
-        C(ldapi://%2Fpath%2Fto%2Fsocket). Writes must go to the provider, not a replica.
-    type: str
-    default: ldapi:///
-  bind_dn:
-    description:
-      - DN for a simple bind. Without it the module binds with SASL EXTERNAL, which works only
-        over C(ldapi://) (as root on the provider).
-    type: str
-  bind_pw:
-    description: Password of O(bind_dn).
-    type: str
-  base_dn:
-    description: Base DN of the platform's tree, for example V(dc=ispmail,dc=test).
-    type: str
-    required: true
-  start_tls:
-    description: Upgrade an C(ldap://) connection with StartTLS.
-    type: bool
-    default: false
-  ca_file:
-    description: CA certificates to verify the server with (C(ldaps://) or StartTLS).
-    type: path
-  validate_certs:
-    description: Verify the server certificate.
-    type: bool
-    default: true
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-notes:
-  - The bind identity needs C(manage) or C(write) access below C(ou=domains,<base_dn>) and, for
-    the bulk form, no size limit (C(olcLimits ... size=unlimited)).
+extends_documentation_fragment:
+  - ispmail_ldap
 """
 
 EXAMPLES = r"""
@@ -205,13 +170,11 @@ summary:
   sample: {created: 2, updated: 1, removed: 0, unchanged: 4997, changed_addresses: [a@example.com]}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.ispmail_ldap import (
-    CONNECTION_ARGUMENT_SPEC, CONNECTION_REQUIRED_TOGETHER, LDAP3_IMPORT_ERROR, PASSWORD_CHANGED,
-    PASSWORD_UNCHANGED, USER_FILTER_ACTIONS, Attr, IspmailError, Write, apply_to_attrs, apply_writes,
+    PASSWORD_CHANGED, PASSWORD_UNCHANGED, USER_FILTER_ACTIONS, Attr, IspmailError, Write, apply_to_attrs, apply_writes,
     attribute_changes, canonical_keyword_filters, connect, dn_of, domain_dn, domains_dn, encode,
     entry_view, equality_filter, find_duplicates, hash_password, merge_item_defaults, parse_quota,
-    password_matches, pick_mailbox_host, search_subtree, validate_address)
+    password_matches, pick_mailbox_host, run_directory_module, search_subtree, validate_address)
 
 USER_ATTRS = {
     "address": Attr("mail", "ci"),
@@ -384,24 +347,12 @@ def run(module):
 
 
 def main():
-    argument_spec = dict(CONNECTION_ARGUMENT_SPEC, **user_options(False))
-    argument_spec.update(
+    argument_spec = dict(
+        user_options(False),
         mailbox_hosts=dict(type="list", elements="str"),
         users=dict(type="list", elements="dict", options=user_options(True)),
     )
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=[("address", "users")],
-        required_one_of=[("address", "users")],
-        required_together=CONNECTION_REQUIRED_TOGETHER,
-        supports_check_mode=True,
-    )
-    if LDAP3_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("ldap3"), exception=LDAP3_IMPORT_ERROR)
-    try:
-        module.exit_json(**run(module))
-    except IspmailError as exc:
-        module.fail_json(msg=str(exc))
+    run_directory_module(argument_spec, "address", "users", run)
 
 
 if __name__ == "__main__":

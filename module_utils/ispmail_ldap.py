@@ -387,3 +387,22 @@ def apply_writes(conn, writes, uri):
                 f"read-only replica, writes must go to the provider ({where})")
         raise IspmailError(f"{write.op} {write.dn} failed: {describe_result(conn)} "
                            f"({done} earlier writes applied)")
+
+
+def run_directory_module(argument_spec, single, bulk, run):
+    """Build the module (single form `single`, bulk form `bulk`), run it, report errors."""
+    from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+    module = AnsibleModule(
+        argument_spec=dict(CONNECTION_ARGUMENT_SPEC, **argument_spec),
+        mutually_exclusive=[(single, bulk)],
+        required_one_of=[(single, bulk)],
+        required_together=CONNECTION_REQUIRED_TOGETHER,
+        supports_check_mode=True,
+    )
+    if LDAP3_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("ldap3"), exception=LDAP3_IMPORT_ERROR)
+    try:
+        module.exit_json(**run(module))
+    except IspmailError as exc:
+        module.fail_json(msg=str(exc))
