@@ -6,6 +6,7 @@ Shared by `make lab-info` and the integration tests, so neither repeats the topo
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ def load():
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
                ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
     out = subprocess.run(
-        ["ansible", "localhost", "-i", str(INVENTORY), "-m", "ansible.builtin.debug", "-a", "msg=" + _QUERY],
+        [str(Path(sys.executable).parent / "ansible"), "localhost", "-i", str(INVENTORY), "-m", "ansible.builtin.debug", "-a", "msg=" + _QUERY],
         check=True, capture_output=True, text=True, cwd=ROOT, env=env,
     ).stdout
     result = json.loads(out)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
