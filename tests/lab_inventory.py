@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 INVENTORY = ROOT / "inventories" / "lab"
 
 # Rendered by ansible itself, so the env-selected lab name and subnet are honoured.
-_HOST_KEYS = ["ansible_host", "node_address", "lab_published_ports"]
+_HOST_KEYS = ["ansible_host", "node_address", "lab_published_ports", "pop_before_smtp_window"]
 _QUERY = (
     "{% set hosts = {} %}{% for h in groups['all'] %}"
     "{% set _ = hosts.update({h: dict(KEYS | zip(KEYS | map('extract', hostvars[h])))}) %}{% endfor %}"

@@ -1,13 +1,36 @@
 """Small protocol clients for the integration tests: LMTP, IMAP, POP3, ManageSieve."""
 
 import base64
+import email
+import email.policy
 import imaplib
 import poplib
 import smtplib
 import socket
 import ssl
+import time
 import uuid
 from pathlib import Path
+
+
+# The lab's users (inventories/lab/group_vars/ldap/accounts.yml).
+PASSWORDS = {
+    "alice@example.com": "alice-lab-password",
+    "bob@example.com": "bob-lab-password",
+    "carol@example.org": "carol-lab-password",
+    "dave@example.org": "dave-lab-password",
+    "erin@example.com": "erin-lab-password",
+}
+
+
+def wait_for(predicate, timeout=20):
+    """Poll predicate until it returns something true; returns that, or None on timeout."""
+    deadline = time.time() + timeout
+    while True:
+        result = predicate()
+        if result or time.time() > deadline:
+            return result or None
+        time.sleep(0.5)
 
 
 def tls_context(lab):
@@ -38,13 +61,26 @@ def imap_login(lab, gateway, user, password):
     return imap
 
 
-def imap_find(imap, folder, subject):
-    """UIDs in folder whose Subject contains subject."""
+def imap_find(imap, folder, subject, key="SUBJECT"):
+    """UIDs in folder whose Subject (or another IMAP SEARCH key) contains subject (ASCII)."""
     status, _ = imap.select(f'"{folder}"', readonly=True)
     if status != "OK":
         return []
-    status, data = imap.uid("SEARCH", None, "SUBJECT", f'"{subject}"')
+    status, data = imap.uid("SEARCH", None, key, f'"{subject}"')
     return data[0].split() if status == "OK" else []
+
+
+def imap_messages(lab, gateway, user, subject, folder="INBOX", key="SUBJECT"):
+    """Parsed messages in folder whose Subject (or `key`) contains subject, via that gateway's relay."""
+    imap = imap_login(lab, gateway, user, PASSWORDS[user])
+    try:
+        found = []
+        for uid in imap_find(imap, folder, subject, key):
+            _, data = imap.uid("FETCH", uid, "(BODY.PEEK[])")
+            found.append(email.message_from_bytes(data[0][1], policy=email.policy.default))
+        return found
+    finally:
+        imap.logout()
 
 
 def pop3_retrieve_all(lab, gateway, user, password):

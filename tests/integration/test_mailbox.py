@@ -9,14 +9,7 @@ import time
 
 import pytest
 
-from mailclient import (ManageSieve, imap_find, imap_login, lmtp_deliver, message, pop3_retrieve_all)
-
-PASSWORDS = {
-    "alice@example.com": "alice-lab-password",
-    "bob@example.com": "bob-lab-password",
-    "carol@example.org": "carol-lab-password",
-    "dave@example.org": "dave-lab-password",
-}
+from mailclient import PASSWORDS, ManageSieve, imap_find, imap_login, lmtp_deliver, message, pop3_retrieve_all
 
 
 def mailbox_host(lab_host, user):
@@ -24,15 +17,6 @@ def mailbox_host(lab_host, user):
         f"ldapsearch -Q -LLL -Y EXTERNAL -H ldapi:/// -b ou=domains,dc=ispmail,dc=test '(mail={user})' "
         "ispmailMailboxHost")
     return re.search(r"ispmailMailboxHost: (\S+)", out).group(1)
-
-
-def wait_for(predicate, timeout=20):
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 def test_delivered_mail_is_read_over_imap_and_pop3_through_two_gateways(lab, lab_host):

@@ -1,0 +1,247 @@
+"""The gateway's six Postfix instances through the real path: mail from inet1 (the
+outside world) or from the test runner, read back over IMAP through the relay."""
+
+import json
+import shlex
+import smtplib
+import time
+import uuid
+from email.message import EmailMessage
+
+import pytest
+
+from mailclient import PASSWORDS, address, imap_messages, message, tls_context, wait_for
+
+INSTANCES = ["submit", "pbs", "route", "vscan", "mbox", "std"]
+EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+# Runs inside inet1 (Python 3 there, no lab CA): one SMTP transaction, result as JSON.
+SMTP_FROM_OUTSIDE = r"""
+import json, smtplib, ssl, sys
+a = json.loads(sys.argv[1])
+out = {"ok": False}
+try:
+    with smtplib.SMTP(a["host"], a["port"], timeout=60) as s:
+        s.ehlo("inet1.example.net")
+        if a.get("raw"):
+            out["replies"] = []
+            for step in a["raw"]:
+                s.send(step.encode())
+                code, text = s.getreply()
+                out["replies"].append([code, text.decode()])
+        else:
+            s.sendmail(a["sender"], a["rcpts"], a["text"].encode())
+            out["ok"] = True
+except smtplib.SMTPRecipientsRefused as e:
+    out["error"] = {r: [c, m.decode()] for r, (c, m) in e.recipients.items()}
+except smtplib.SMTPResponseException as e:
+    out["error"] = [e.smtp_code, e.smtp_error.decode()]
+except (OSError, smtplib.SMTPException) as e:
+    out["error"] = str(e)
+print(json.dumps(out))
+"""
+
+POP3_FROM_OUTSIDE = r"""
+import json, poplib, ssl, sys
+a = json.loads(sys.argv[1])
+pop = poplib.POP3_SSL(a["host"], 995, context=ssl._create_unverified_context(), timeout=30)
+pop.user(a["user"])
+pop.pass_(a["password"])
+print(json.dumps({"count": pop.stat()[0]}))
+pop.quit()
+"""
+
+
+def from_inet1(lab_host, script, **args):
+    out = lab_host("inet1").check_output(f"python3 -c {shlex.quote(script)} {shlex.quote(json.dumps(args))}")
+    return json.loads(out)
+
+
+def smtp_from_inet1(lab, lab_host, gateway, port, rcpts, text, sender="someone@example.net"):
+    return from_inet1(lab_host, SMTP_FROM_OUTSIDE, host=address(lab, gateway), port=port, sender=sender,
+                      rcpts=rcpts, text=text)
+
+
+def arrived(lab, user, subject, gateway="gw2", timeout=30, key="SUBJECT"):
+    return wait_for(lambda: imap_messages(lab, gateway, user, subject, key=key), timeout) or []
+
+
+def hops(msg):
+    """The Postfix instances (and LMTP) named in the Received headers, oldest first."""
+    found = []
+    for header in reversed(msg.get_all("Received", [])):
+        text = " ".join(str(header).split())
+        found += [name for name in INSTANCES if f"(Postfix-{name})" in text]
+        if "with LMTP" in text:
+            found.append("lmtp")
+    return found
+
+
+@pytest.mark.group("gateway")
+def test_six_instances_run_from_postmulti_and_pass_postfix_check(lab_host, lab_hostname):
+    host = lab_host(lab_hostname)
+    listed = host.check_output("postmulti -l")
+    for name in INSTANCES:
+        assert f"postfix-{name}" in listed
+        assert host.service(f"postfix@postfix-{name}").is_running
+        host.run_test(f"postfix -c /etc/postfix-{name} check")
+        queue = host.check_output(f"postconf -c /etc/postfix-{name} -h queue_directory")
+        assert queue == f"/var/spool/postfix-{name}"
+    assert host.service("clamav-daemon").is_running
+    assert host.service("clamav-milter").is_running
+
+
+def test_mail_from_the_internet_reaches_the_maildir_through_every_hop(lab, lab_host):
+    subject, text = message("alice@example.com")
+    assert smtp_from_inet1(lab, lab_host, "gw1", 25, ["alice@example.com"], text)["ok"]
+    [msg] = arrived(lab, "alice@example.com", subject)
+    # example.com has virus check by default: std -> route -> vscan -> mbox -> LMTP.
+    assert hops(msg) == ["std", "route", "vscan", "mbox", "lmtp"]
+    assert msg["X-Virus-Status"] == "Clean"
+
+
+def test_one_message_is_routed_per_recipient_contract(lab, lab_host):
+    rcpts = ["alice@example.com", "bob@example.com", "carol@example.org", "dave@example.org"]
+    subject, text = message(", ".join(rcpts))
+    assert smtp_from_inet1(lab, lab_host, "gw3", 25, rcpts, text)["ok"]
+    expected = {
+        "alice@example.com": True,   # domain default on
+        "bob@example.com": False,    # own contract off, domain on
+        "carol@example.org": True,   # own contract on, domain off
+        "dave@example.org": False,   # domain default off
+    }
+    for user, scanned in expected.items():
+        msgs = arrived(lab, user, subject)
+        assert msgs, f"{user} got nothing"
+        assert ("vscan" in hops(msgs[0])) is scanned, (user, hops(msgs[0]))
+
+
+def eicar_message(rcpts, sender):
+    msg = EmailMessage()
+    msg["From"], msg["To"] = sender, ", ".join(rcpts)
+    msg["Subject"] = f"eicar {uuid.uuid4().hex}"
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@example.net>"
+    msg.set_content("see the attachment\n")
+    msg.add_attachment(EICAR.encode(), maintype="application", subtype="octet-stream", filename="eicar.com")
+    return msg["Subject"], msg.as_string()
+
+
+def test_eicar_is_held_for_a_virus_contract_and_passes_without_one(lab, lab_host):
+    sender = "alice@example.com"
+    subject, text = eicar_message(["carol@example.org", "dave@example.org"], sender)
+    result = smtp_from_inet1(lab, lab_host, "gw1", 25, ["carol@example.org", "dave@example.org"], text, sender)
+    assert result["ok"], result
+    # dave has no contract: the message arrives as sent, attachment included.
+    [plain] = arrived(lab, "dave@example.org", subject)
+    assert EICAR in plain.as_string() or "eicar.com" in plain.as_string()
+    # carol has one: her copy is held, and example.org's Japanese notice arrives instead.
+    # The notice quotes the original subject in its body.
+    [notice] = arrived(lab, "carol@example.org", subject, key="BODY")
+    assert notice["Subject"] == "ウイルス検出のお知らせ"
+    assert notice["From"] == "postmaster@example.org"
+    assert "お客様宛てのメールからウイルスが検出された" in notice.get_body().get_content()
+    assert not imap_messages(lab, "gw2", "carol@example.org", subject)
+    # example.org also tells the sender.
+    [to_sender] = arrived(lab, sender, subject, key="BODY")
+    assert to_sender["Subject"] == "ウイルス検出のお知らせ"
+    held = lab_host("gw1").check_output("postqueue -c /etc/postfix-vscan -j")
+    assert any(json.loads(line)["queue_name"] == "hold" and "carol@example.org" in line
+               for line in held.splitlines() if line)
+
+
+def test_a_forward_to_a_virus_contract_is_scanned_too(lab, lab_host):
+    # bob (no contract) forwards to carol (contract) and keeps a copy.
+    subject, text = eicar_message(["bob@example.com"], "someone@example.net")
+    assert smtp_from_inet1(lab, lab_host, "gw2", 25, ["bob@example.com"], text)["ok"]
+    assert arrived(lab, "bob@example.com", subject)
+    time.sleep(3)
+    assert not imap_messages(lab, "gw2", "carol@example.org", subject)
+
+
+@pytest.mark.parametrize("user, copy_to, keeps_copy", [
+    ("bob@example.com", "carol@example.org", True),
+    ("erin@example.com", "alice@example.com", False),
+])
+def test_forwarding_with_and_without_a_copy(lab, lab_host, user, copy_to, keeps_copy):
+    subject, text = message(user)
+    assert smtp_from_inet1(lab, lab_host, "gw1", 25, [user], text)["ok"]
+    assert arrived(lab, copy_to, subject)
+    time.sleep(2)
+    assert bool(imap_messages(lab, "gw3", user, subject)) is keeps_copy
+
+
+def test_submission_offers_auth_only_after_tls_and_checks_the_password(lab):
+    with smtplib.SMTP(address(lab, "gw1"), 587, timeout=30) as smtp:
+        smtp.ehlo()
+        assert not smtp.has_extn("auth")
+        # Port 587 requires STARTTLS before mail.
+        code, _ = smtp.mail("alice@example.com")
+        assert code == 530
+        smtp.rset()
+        smtp.starttls(context=tls_context(lab))
+        smtp.ehlo()
+        assert "PLAIN" in smtp.esmtp_features["auth"]
+        with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+            smtp.login("alice@example.com", "not-her-password")
+        assert failed.value.smtp_code == 535
+
+
+def test_submission_relays_for_its_user_only_with_their_own_sender(lab):
+    subject, text = message("dave@example.org", sender="alice@example.com")
+    with smtplib.SMTP_SSL(address(lab, "gw2"), 465, context=tls_context(lab), timeout=30) as smtp:
+        smtp.login("alice@example.com", PASSWORDS["alice@example.com"])
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            smtp.sendmail("bob@example.com", ["dave@example.org"], text.encode())
+        assert refused.value.recipients["dave@example.org"][0] == 553
+        assert smtp.sendmail("alice@example.com", ["dave@example.org"], text.encode()) == {}
+    [msg] = arrived(lab, "dave@example.org", subject)
+    assert hops(msg)[:2] == ["submit", "route"]
+
+
+def test_relay_attempts_from_outside_fail(lab, lab_host):
+    _, text = message("someone@example.org")
+    for port in (25, 2525):
+        result = smtp_from_inet1(lab, lab_host, "gw1", port, ["victim@example.net"], text)
+        assert not result["ok"]
+        code, reply = result["error"]["victim@example.net"]
+        assert code == 554 and "Relay access denied" in reply, (port, result)
+    # Unauthenticated submission after TLS is refused as well.
+    with smtplib.SMTP(address(lab, "gw1"), 587, timeout=30) as smtp:
+        smtp.starttls(context=tls_context(lab))
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            smtp.sendmail("someone@example.org", ["victim@example.net"], text.encode())
+
+
+def test_smtp_smuggling_does_not_split_a_message(lab, lab_host):
+    # A classic smuggling payload: "<CR><LF>.<LF>" then a second transaction. With
+    # smtpd_forbid_bare_newline only <CR><LF>.<CR><LF> ends DATA, so it stays one message.
+    tag = uuid.uuid4().hex
+    raw = ["MAIL FROM:<someone@example.net>\r\n", "RCPT TO:<dave@example.org>\r\n", "DATA\r\n",
+           f"Subject: outer-{tag}\r\n\r\nfirst\r\n.\nMAIL FROM:<x@example.net>\r\nRCPT TO:<dave@example.org>\r\n"
+           f"DATA\r\nSubject: smuggled-{tag}\r\n\r\nsecond\r\n.\r\n"]
+    result = from_inet1(lab_host, SMTP_FROM_OUTSIDE, host=address(lab, "gw1"), port=25, raw=raw)
+    assert [code for code, _ in result["replies"]] == [250, 250, 354, 250], result
+    [outer] = arrived(lab, "dave@example.org", f"outer-{tag}")
+    assert f"smuggled-{tag}" in outer.as_string()
+    assert not imap_messages(lab, "gw2", "dave@example.org", f"smuggled-{tag}")
+
+
+def test_pop_before_smtp_across_gateways_and_expiry(lab, lab_host):
+    window = int(lab["hosts"]["gw1"].get("pop_before_smtp_window", 30))
+    user = "dave@example.org"
+    subject, text = message(user, sender="dave@example.org")
+    # Not logged in yet (or expired): relaying is refused.
+    refused = smtp_from_inet1(lab, lab_host, "gw2", 2525, [user], text, "dave@example.org")
+    assert "Relay access denied" in json.dumps(refused), refused
+    # A POP3 login through gw1 authorizes inet1's address on every gateway.
+    from_inet1(lab_host, POP3_FROM_OUTSIDE, host=address(lab, "gw1"), user=user, password=PASSWORDS[user])
+    started = time.time()
+    for gateway in ("gw2", "gw3"):
+        result = smtp_from_inet1(lab, lab_host, gateway, 2525, [user], text, "dave@example.org")
+        assert result["ok"], (gateway, result)
+    msgs = arrived(lab, user, subject)
+    assert msgs and "pbs" in hops(msgs[0])
+    # After the window the same client is refused again.
+    time.sleep(max(0, window + 2 - (time.time() - started)))
+    expired = smtp_from_inet1(lab, lab_host, "gw2", 2525, [user], text, "dave@example.org")
+    assert "Relay access denied" in json.dumps(expired), expired
