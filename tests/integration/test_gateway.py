@@ -6,6 +6,7 @@ import shlex
 import smtplib
 import time
 import uuid
+from email.header import Header
 from email.message import EmailMessage
 
 import pytest
@@ -77,6 +78,12 @@ def hops(msg):
     return found
 
 
+def held_for(lab_host, gateway, user):
+    """Messages in vscan's hold queue for user."""
+    lines = lab_host(gateway).check_output("postqueue -c /etc/postfix-vscan -j").splitlines()
+    return sum(1 for line in lines if line and json.loads(line)["queue_name"] == "hold" and user in line)
+
+
 @pytest.mark.group("gateway")
 def test_six_instances_run_from_postmulti_and_pass_postfix_check(lab_host, lab_hostname):
     host = lab_host(lab_hostname)
@@ -89,6 +96,8 @@ def test_six_instances_run_from_postmulti_and_pass_postfix_check(lab_host, lab_h
         assert queue == f"/var/spool/postfix-{name}"
     assert host.service("clamav-daemon").is_running
     assert host.service("clamav-milter").is_running
+    assert host.service("ispmail-operator-filter").is_running
+    assert host.service("memcached").is_running
 
 
 def test_mail_from_the_internet_reaches_the_maildir_through_every_hop(lab, lab_host):
@@ -128,6 +137,7 @@ def eicar_message(rcpts, sender):
 
 def test_eicar_is_held_for_a_virus_contract_and_passes_without_one(lab, lab_host):
     sender = "alice@example.com"
+    held_before = held_for(lab_host, "gw1", "carol@example.org")
     subject, text = eicar_message(["carol@example.org", "dave@example.org"], sender)
     result = smtp_from_inet1(lab, lab_host, "gw1", 25, ["carol@example.org", "dave@example.org"], text, sender)
     assert result["ok"], result
@@ -144,9 +154,7 @@ def test_eicar_is_held_for_a_virus_contract_and_passes_without_one(lab, lab_host
     # example.org also tells the sender.
     [to_sender] = arrived(lab, sender, subject, key="BODY")
     assert to_sender["Subject"] == "ウイルス検出のお知らせ"
-    held = lab_host("gw1").check_output("postqueue -c /etc/postfix-vscan -j")
-    assert any(json.loads(line)["queue_name"] == "hold" and "carol@example.org" in line
-               for line in held.splitlines() if line)
+    assert held_for(lab_host, "gw1", "carol@example.org") == held_before + 1
 
 
 def test_a_forward_to_a_virus_contract_is_scanned_too(lab, lab_host):
@@ -245,3 +253,27 @@ def test_pop_before_smtp_across_gateways_and_expiry(lab, lab_host):
     time.sleep(max(0, window + 2 - (time.time() - started)))
     expired = smtp_from_inet1(lab, lab_host, "gw2", 2525, [user], text, "dave@example.org")
     assert "Relay access denied" in json.dumps(expired), expired
+
+
+def test_operator_keyword_filters_tag_discard_and_hold(lab, lab_host):
+    tag = uuid.uuid4().hex
+    held_before = held_for(lab_host, "gw1", "alice@example.com")
+    # example.org tags 未承諾広告 (the subject is RFC 2047 encoded, as Japanese mail is).
+    encoded = Header("【未承諾広告】", "utf-8").encode()
+    _, text = message("carol@example.org", subject=f"{encoded} tagged-{tag}")
+    assert smtp_from_inet1(lab, lab_host, "gw1", 25, ["carol@example.org"], text)["ok"]
+    [tagged] = arrived(lab, "carol@example.org", f"tagged-{tag}")
+    assert "未承諾広告" in tagged["X-ISPmail-Filter"]
+    # example.com discards one subject and holds one mailer.
+    _, text = message("alice@example.com", subject=f"WIN A FREE PRIZE discarded-{tag}")
+    assert smtp_from_inet1(lab, lab_host, "gw1", 25, ["alice@example.com"], text)["ok"]
+    _, text = message("alice@example.com", subject=f"held-{tag}", extra_headers="X-Mailer: BulkMailer 3\r\n")
+    assert smtp_from_inet1(lab, lab_host, "gw1", 25, ["alice@example.com"], text)["ok"]
+    # A message sent after both arrives, so the two had their chance.
+    after, text = message("alice@example.com")
+    assert smtp_from_inet1(lab, lab_host, "gw1", 25, ["alice@example.com"], text)["ok"]
+    assert arrived(lab, "alice@example.com", after)
+    time.sleep(2)
+    assert not imap_messages(lab, "gw2", "alice@example.com", f"discarded-{tag}")
+    assert not imap_messages(lab, "gw2", "alice@example.com", f"held-{tag}")
+    assert held_for(lab_host, "gw1", "alice@example.com") == held_before + 1
