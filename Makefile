@@ -5,7 +5,8 @@ SHELL := /bin/bash
 
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
-HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils
+# slapd and haproxy are for the module tests, which run private instances of them.
+HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils haproxy
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)
@@ -22,6 +23,7 @@ host-deps: ## Install the host packages the lab needs (Debian 12, as root)
 	@missing=""; for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  case "$$missing" in *haproxy*) systemctl disable --now haproxy.service >/dev/null 2>&1 || true;; esac; \
 	fi
 
 $(BIN)/.installed: requirements.txt | host-deps
@@ -51,8 +53,8 @@ lint: venv ## yamllint, ansible-lint (production profile), both inventories pars
 	ansible-lint --profile production
 	for inv in inventories/*/; do ansible-inventory -i $$inv --graph >/dev/null; done
 
-unit: venv ## Unit tests, and the LDAP modules against a private slapd
-	pytest -q tests/unit tests/slapd
+unit: venv ## Unit tests; the LDAP modules against a private slapd, lb_pool_ratio against a private HAProxy
+	pytest -q tests/unit tests/slapd tests/haproxy
 
 molecule: venv ## Create CI's own lab from the lab inventory, converge twice, verify, destroy
 	env $(CI_LAB_ENV) molecule test

@@ -277,3 +277,29 @@ def test_operator_keyword_filters_tag_discard_and_hold(lab, lab_host):
     assert not imap_messages(lab, "gw2", "alice@example.com", f"discarded-{tag}")
     assert not imap_messages(lab, "gw2", "alice@example.com", f"held-{tag}")
     assert held_for(lab_host, "gw1", "alice@example.com") == held_before + 1
+
+
+CONNECT = r"""
+import json, socket, sys
+a = json.loads(sys.argv[1])
+try:
+    socket.create_connection((a["host"], a["port"]), timeout=3).close()
+    print(json.dumps({"open": True}))
+except OSError as e:
+    print(json.dumps({"open": False, "error": str(e)}))
+"""
+
+
+@pytest.mark.parametrize("target, port, allowed, blocked", [
+    ("gw1", 12525, "lb1", "inet1"),    # pbs behind the LB: a PROXY header could fake any client
+    ("gw1", 10587, "lb1", "inet1"),
+    ("gw2", 11211, "mbox1", "inet1"),  # the POP-before-SMTP store has no authentication
+    ("mbox1", 24, "gw3", "inet1"),     # LMTP only from the gateways
+])
+def test_ports_only_their_clients_reach(lab, lab_host, target, port, allowed, blocked):
+    def reach(source):
+        out = lab_host(source).check_output(
+            f"python3 -c {shlex.quote(CONNECT)} {shlex.quote(json.dumps({'host': address(lab, target), 'port': port}))}")
+        return json.loads(out)["open"]
+    assert reach(allowed)
+    assert not reach(blocked)

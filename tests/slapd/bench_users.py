@@ -19,9 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import conftest  # noqa: E402  (also makes library/ and ansible.module_utils.ispmail_ldap importable)
-from ansible.module_utils import basic  # noqa: E402
-from ansible.module_utils.testing import patch_module_args  # noqa: E402
+import conftest  # noqa: E402,F401  (makes library/ and ansible.module_utils.ispmail_ldap importable)
+from module_runner import call  # noqa: E402
 
 import mail_domain  # noqa: E402
 import mail_user  # noqa: E402
@@ -31,16 +30,10 @@ MAILBOX_HOSTS = ["mbox01", "mbox02", "mbox03", "mbox04"]
 
 
 def run_in_process(module, args):
-    basic.AnsibleModule.exit_json = conftest._exit_json
-    basic.AnsibleModule.fail_json = conftest._fail_json
-    with patch_module_args(args):
-        try:
-            module.main()
-        except conftest.ModuleExit as exit_info:
-            if exit_info.result.get("failed"):
-                raise SystemExit(exit_info.result["msg"])
-            return exit_info.result
-    raise SystemExit("module did not exit")
+    result = call(module, args)
+    if result.get("failed"):
+        raise SystemExit(result["msg"])
+    return result
 
 
 def timed(label, function):

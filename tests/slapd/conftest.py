@@ -28,8 +28,8 @@ import ansible.module_utils  # noqa: E402
 if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
 
-from ansible.module_utils import basic  # noqa: E402
-from ansible.module_utils.testing import patch_module_args  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from module_runner import module_runner  # noqa: E402
 
 SLAPD = "/usr/sbin/slapd"
 BASE_DN = "dc=ispmail,dc=test"
@@ -193,36 +193,10 @@ def slapd(tmp_path_factory):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-class ModuleExit(Exception):
-    """exit_json/fail_json of a module run in-process; .result holds what it returned."""
-
-    def __init__(self, result):
-        super().__init__(result)
-        self.result = result
-
-
-def _exit_json(self, **result):
-    result.setdefault("changed", False)
-    raise ModuleExit(result)
-
-
-def _fail_json(self, msg, **result):
-    raise ModuleExit(dict(result, failed=True, msg=msg))
-
-
 @pytest.fixture
 def run_module(monkeypatch):
     """Call a module's main() in-process: run_module(mail_user, check=False, diff=False, **args)."""
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", _exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", _fail_json)
-
-    def run(module, check=False, diff=False, **args):
-        with patch_module_args(dict(args, _ansible_check_mode=check, _ansible_diff=diff)):
-            with pytest.raises(ModuleExit) as exit_info:
-                module.main()
-        return exit_info.value.result
-
-    return run
+    return module_runner(monkeypatch)
 
 
 @pytest.fixture
