@@ -12,56 +12,10 @@ from email.message import EmailMessage
 import pytest
 
 from mailclient import PASSWORDS, address, imap_messages, message, tls_context, wait_for
+from outside import POP3_FROM_OUTSIDE, SMTP_FROM_OUTSIDE, from_inet1, smtp_from_inet1
 
 INSTANCES = ["submit", "pbs", "route", "vscan", "mbox", "std"]
 EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-
-# Runs inside inet1 (Python 3 there, no lab CA): one SMTP transaction, result as JSON.
-SMTP_FROM_OUTSIDE = r"""
-import json, smtplib, ssl, sys
-a = json.loads(sys.argv[1])
-out = {"ok": False}
-try:
-    with smtplib.SMTP(a["host"], a["port"], timeout=60) as s:
-        s.ehlo("inet1.example.net")
-        if a.get("raw"):
-            out["replies"] = []
-            for step in a["raw"]:
-                s.send(step.encode())
-                code, text = s.getreply()
-                out["replies"].append([code, text.decode()])
-        else:
-            s.sendmail(a["sender"], a["rcpts"], a["text"].encode())
-            out["ok"] = True
-except smtplib.SMTPRecipientsRefused as e:
-    out["error"] = {r: [c, m.decode()] for r, (c, m) in e.recipients.items()}
-except smtplib.SMTPResponseException as e:
-    out["error"] = [e.smtp_code, e.smtp_error.decode()]
-except (OSError, smtplib.SMTPException) as e:
-    out["error"] = str(e)
-print(json.dumps(out))
-"""
-
-POP3_FROM_OUTSIDE = r"""
-import json, poplib, ssl, sys
-a = json.loads(sys.argv[1])
-pop = poplib.POP3_SSL(a["host"], 995, context=ssl._create_unverified_context(), timeout=30)
-pop.user(a["user"])
-pop.pass_(a["password"])
-print(json.dumps({"count": pop.stat()[0]}))
-pop.quit()
-"""
-
-
-def from_inet1(lab_host, script, **args):
-    out = lab_host("inet1").check_output(f"python3 -c {shlex.quote(script)} {shlex.quote(json.dumps(args))}")
-    return json.loads(out)
-
-
-def smtp_from_inet1(lab, lab_host, gateway, port, rcpts, text, sender="someone@example.net"):
-    return from_inet1(lab_host, SMTP_FROM_OUTSIDE, host=address(lab, gateway), port=port, sender=sender,
-                      rcpts=rcpts, text=text)
-
 
 def arrived(lab, user, subject, gateway="gw2", timeout=30, key="SUBJECT"):
     return wait_for(lambda: imap_messages(lab, gateway, user, subject, key=key), timeout) or []
