@@ -11,8 +11,9 @@ description:
   - Creates, updates and removes mail users stored as C(mail=<address>,ou=<domain>,ou=domains,<base_dn>)
     with the object classes C(inetOrgPerson) and C(ispmailUser).
   - Only the options given are enforced on an existing user; an option left out keeps the value in
-    LDAP. Exceptions are O(spam_check) and O(virus_check), where unset means "domain default" and
-    removes the attribute.
+    LDAP. For O(spam_check) and O(virus_check) that is the default too; with
+    O(unset_checks=domain_default) an unset contract removes the attribute, so the domain default
+    applies (what a complete accounts file, as in C(playbooks/users.yml), means).
   - Passwords are stored as C({CRYPT}) SHA-512 crypt, which slapd simple binds and Dovecot verify.
     Neither the password nor its hash is ever returned.
   - All input is validated before the first write, so bad input leaves LDAP untouched.
@@ -53,14 +54,21 @@ options:
     type: bool
   spam_check:
     description:
-      - Spam check contract of the user. Unset (or null) removes the attribute, so the domain
-        default applies.
+      - Spam check contract of the user. Unset (or null) keeps the stored value, or with
+        O(unset_checks=domain_default) removes it so the domain default applies.
     type: bool
   virus_check:
     description:
-      - Virus check contract of the user. Unset (or null) removes the attribute, so the domain
-        default applies.
+      - Virus check contract of the user. Unset (or null) keeps the stored value, or with
+        O(unset_checks=domain_default) removes it so the domain default applies.
     type: bool
+  unset_checks:
+    description:
+      - What an unset O(spam_check) or O(virus_check) means. V(keep) leaves the stored contract alone
+        (for changes such as a new mailbox host); V(domain_default) removes it.
+    type: str
+    choices: [keep, domain_default]
+    default: keep
   keyword_filters:
     description:
       - The user's keyword filters, stored as canonical JSON values. V([]) removes all.
@@ -188,8 +196,9 @@ USER_ATTRS = {
     "keyword_filters": Attr("ispmailKeywordFilter", "filters"),
 }
 READ_ATTRIBUTES = ["objectClass", "ispmailDomainName", "userPassword"] + [a.name for a in USER_ATTRS.values()]
-# Enforced only when given; spam_check and virus_check are always enforced (unset = domain default).
+# Enforced only when given; spam_check and virus_check also when unset_checks=domain_default.
 OPTIONAL_SETTINGS = ("enabled", "mailbox_host", "quota", "forward_to", "keep_copy", "keyword_filters")
+CONTRACTS = ("spam_check", "virus_check")
 
 
 def user_options(item):
@@ -243,7 +252,7 @@ def with_password_marker(view, stored_hash, changed):
     return dict(view, password=PASSWORD_UNCHANGED) if stored_hash else view
 
 
-def plan_user(user, current, domain_dns, mailbox_hosts, field):
+def plan_user(user, current, domain_dns, mailbox_hosts, field, unset_checks="keep"):
     """(write or None, dn, before, after) for one user; raises before anything is written."""
     address = user["address"]
     if user["state"] == "absent":
@@ -252,7 +261,7 @@ def plan_user(user, current, domain_dns, mailbox_hosts, field):
         return Write("delete", current[0], {}), current[0], entry_view(USER_ATTRS, current[1]), {}
 
     desired = {key: user[key] for key in OPTIONAL_SETTINGS if user[key] is not None}
-    desired.update(spam_check=user["spam_check"], virus_check=user["virus_check"])
+    desired.update({key: user[key] for key in CONTRACTS if user[key] is not None or unset_checks == "domain_default"})
     password = user["password"]
 
     if current is None:
@@ -324,7 +333,8 @@ def run(module):
                                      f"(|(objectClass=ispmailDomain){equality_filter('mail', address)})",
                                      READ_ATTRIBUTES)
         domain_dns, existing = index_entries(entries)
-        plans = [plan_user(user, existing.get(user["address"]), domain_dns, params["mailbox_hosts"], field)
+        plans = [plan_user(user, existing.get(user["address"]), domain_dns, params["mailbox_hosts"], field,
+                           params["unset_checks"])
                  for user, (_, field) in zip(users, items)]
         writes = [write for write, _, _, _ in plans if write]
         if writes and not module.check_mode:
@@ -350,6 +360,7 @@ def main():
     argument_spec = dict(
         user_options(False),
         mailbox_hosts=dict(type="list", elements="str"),
+        unset_checks=dict(type="str", choices=["keep", "domain_default"], default="keep"),
         users=dict(type="list", elements="dict", options=user_options(True)),
     )
     run_directory_module(argument_spec, "address", "users", run)

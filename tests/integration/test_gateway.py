@@ -1,6 +1,7 @@
 """The gateway's six Postfix instances through the real path: mail from inet1 (the
 outside world) or from the test runner, read back over IMAP through the relay."""
 
+import email
 import json
 import shlex
 import smtplib
@@ -257,3 +258,30 @@ def test_ports_only_their_clients_reach(lab, lab_host, target, port, allowed, bl
         return json.loads(out)["open"]
     assert reach(allowed)
     assert not reach(blocked)
+
+
+def test_outbound_mail_is_scanned_by_the_senders_contract(lab, lab_host):
+    # carol has the virus contract, dave has none; both send EICAR to the outside.
+    gateway = lab_host("gw2")
+    held_before = held_for(lab_host, "gw2", "friend@example.net")
+    ids, subjects = {}, {}
+    for user in ("carol@example.org", "dave@example.org"):
+        subjects[user], text = eicar_message(["friend@example.net"], user)
+        ids[user] = email.message_from_string(text)["Message-ID"]
+        with smtplib.SMTP_SSL(address(lab, "gw2"), 465, context=tls_context(lab), timeout=30) as smtp:
+            smtp.login(user, PASSWORDS[user])
+            assert smtp.sendmail(user, ["friend@example.net"], text.encode()) == {}
+
+    def seen_by(instance, msgid):
+        return msgid in gateway.check_output(f"journalctl --no-pager --since -2min -t postfix-{instance}/cleanup")
+
+    assert wait_for(lambda: seen_by("std", ids["dave@example.org"]), 20), "dave's mail did not reach std"
+    assert not seen_by("vscan", ids["dave@example.org"])
+    assert wait_for(lambda: seen_by("vscan", ids["carol@example.org"]), 20)
+    assert held_for(lab_host, "gw2", "friend@example.net") == held_before + 1
+    assert not seen_by("std", ids["carol@example.org"])
+    # carol hears about it with her domain's notice; the outside recipient never does.
+    [notice] = arrived(lab, "carol@example.org", subjects["carol@example.org"], key="BODY")
+    assert notice["Subject"] == "ウイルス検出のお知らせ"
+    sent = gateway.check_output("journalctl --no-pager --since -2min -t ispmail-virus-notice")
+    assert "notice sent to carol@example.org" in sent and "friend@example.net" not in sent

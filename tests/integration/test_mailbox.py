@@ -12,11 +12,15 @@ import pytest
 from mailclient import PASSWORDS, ManageSieve, imap_find, imap_login, lmtp_deliver, message, pop3_retrieve_all
 
 
-def mailbox_host(lab_host, user):
+def user_attribute(lab_host, user, attribute):
     out = lab_host("ldap1").check_output(
-        f"ldapsearch -Q -LLL -Y EXTERNAL -H ldapi:/// -b ou=domains,dc=ispmail,dc=test '(mail={user})' "
-        "ispmailMailboxHost")
-    return re.search(r"ispmailMailboxHost: (\S+)", out).group(1)
+        f"ldapsearch -Q -LLL -Y EXTERNAL -H ldapi:/// -b ou=domains,dc=ispmail,dc=test '(mail={user})' {attribute}")
+    found = re.search(rf"{attribute}: (\S+)", out)
+    return found.group(1) if found else None
+
+
+def mailbox_host(lab_host, user):
+    return user_attribute(lab_host, user, "ispmailMailboxHost")
 
 
 def test_delivered_mail_is_read_over_imap_and_pop3_through_two_gateways(lab, lab_host):
@@ -113,6 +117,7 @@ def test_managesieve_script_uploaded_through_the_relay_takes_effect(lab, lab_hos
 def test_moving_a_user_keeps_all_mail(lab, lab_host):
     user = "bob@example.com"
     before = mailbox_host(lab_host, user)
+    contract = user_attribute(lab_host, user, "ispmailVirusCheck")
     target = next(h for h in lab["groups"]["mailbox"] if h != before)
     subjects = []
     for _ in range(3):
@@ -125,6 +130,8 @@ def test_moving_a_user_keeps_all_mail(lab, lab_host):
         capture_output=True, text=True, cwd=lab["root"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert mailbox_host(lab_host, user) == target
+    # Moving changes the mailbox server only, never the user's contracts.
+    assert user_attribute(lab_host, user, "ispmailVirusCheck") == contract == "FALSE"
     imap = imap_login(lab, "gw1", user, PASSWORDS[user])
     try:
         for subject in subjects:

@@ -114,7 +114,7 @@ def test_user_create_bind_and_idempotence(run_module, ldapi, slapd):
     assert binds(slapd, "alice@bind.test", "new secret") and not binds(slapd, "alice@bind.test", PASSWORD)
 
 
-def test_user_omitted_options_kept_and_check_defaults_removed(run_module, ldapi, slapd):
+def test_user_omitted_options_kept_and_contracts_follow_unset_checks(run_module, ldapi, slapd):
     make_domain(run_module, ldapi, "keep.test")
     run_module(mail_user, address="bob@keep.test", mailbox_host="mbox02", quota="500M", spam_check=True,
                forward_to=["x@keep.test"], enabled=False, **ldapi)
@@ -122,7 +122,9 @@ def test_user_omitted_options_kept_and_check_defaults_removed(run_module, ldapi,
     entry = result["entry"]
     assert result["changed"]
     assert entry["quota"] == 500 * 1024 ** 2 and entry["forward_to"] == ["x@keep.test"] and entry["enabled"] is False
-    assert entry["spam_check"] is None  # unset = domain default
+    assert entry["spam_check"] is True  # unset keeps the contract (a move must not change it)
+    defaulted = run_module(mail_user, address="bob@keep.test", unset_checks="domain_default", **ldapi)
+    assert defaulted["changed"] and defaulted["entry"]["spam_check"] is None  # back to the domain default
     cleared = run_module(mail_user, address="bob@keep.test", forward_to=[], keyword_filters=[], quota=0, **ldapi)
     assert cleared["entry"]["forward_to"] == [] and cleared["entry"]["quota"] == 0
 
