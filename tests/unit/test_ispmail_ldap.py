@@ -223,7 +223,7 @@ def test_plan_create_applies_defaults_and_hides_password():
     assert write.op == "add" and dn == "mail=new@x.test,ou=x.test,ou=domains,dc=ispmail,dc=test"
     assert write.attrs["ispmailEnabled"] == ["TRUE"] and write.attrs["ispmailQuota"] == ["1048576"]
     assert write.attrs["ispmailMailboxHost"] == [pick_mailbox_host("new@x.test", ["mbox01", "mbox02"])]
-    assert write.attrs["ispmailSpamCheck"] == []  # unset: not written, domain default applies
+    assert not write.attrs.get("ispmailSpamCheck")  # unset: not written, domain default applies
     assert before == {} and after["password"] == "(changed)" and "pw" not in json.dumps(after)
 
 
@@ -237,9 +237,13 @@ def test_plan_modify_only_what_differs():
 
     other = mail_user.normalise_user(user_item(address="old@x.test", password="new"), "")
     write, _, before, after = mail_user.plan_user(other, current, DOMAINS, None, "")
-    assert set(write.attrs) == {"ispmailSpamCheck", "userPassword"} and write.attrs["ispmailSpamCheck"] == []
+    assert set(write.attrs) == {"userPassword"}  # the unset contract is kept
     assert before["password"] == "(set)" and after["password"] == "(changed)"
-    assert before["spam_check"] is True and after["spam_check"] is None
+    assert before["spam_check"] is True and after["spam_check"] is True
+
+    write, _, _, after = mail_user.plan_user(other, current, DOMAINS, None, "", unset_checks="domain_default")
+    assert set(write.attrs) == {"ispmailSpamCheck", "userPassword"} and write.attrs["ispmailSpamCheck"] == []
+    assert after["spam_check"] is None
 
 
 def test_plan_create_in_unknown_domain_fails():
