@@ -38,6 +38,7 @@ lab: venv ## Build the lab containers and deploy the whole platform into them
 	ansible-playbook playbooks/lab/create.yml
 	ansible-playbook playbooks/site.yml
 	ansible-playbook playbooks/users.yml
+	ansible-playbook playbooks/lab/internet.yml
 	@$(MAKE) --no-print-directory lab-info
 
 lab-info: venv ## Print the lab's endpoints on 127.0.0.1 as JSON

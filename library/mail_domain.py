@@ -30,6 +30,11 @@ options:
   virus_check:
     description: Virus check default for users of the domain that do not set their own.
     type: bool
+  spam_subject_tag:
+    description:
+      - Put in front of the subject of spam for the domain's users with the spam check (UTF-8, at most 64 characters).
+      - V("") removes it, so the spamcheck hosts' default tag applies.
+    type: str
   virus_notice:
     description: The notice sent when a virus is found. Keys left out keep their value.
     type: dict
@@ -151,6 +156,7 @@ DOMAIN_ATTRS = {
     "name": Attr("ispmailDomainName", "ci"),
     "spam_check": Attr("ispmailSpamCheck", "bool"),
     "virus_check": Attr("ispmailVirusCheck", "bool"),
+    "spam_subject_tag": Attr("ispmailSpamTag", "text"),
     "virus_notice.from": Attr("ispmailVirusNoticeFrom", "ci"),
     "virus_notice.subject": Attr("ispmailVirusNoticeSubject", "text"),
     "virus_notice.body": Attr("ispmailVirusNoticeBody", "text"),
@@ -168,6 +174,7 @@ def domain_options(item):
         name=dict(type="str", required=item),
         spam_check=dict(type="bool"),
         virus_check=dict(type="bool"),
+        spam_subject_tag=dict(type="str"),
         virus_notice=dict(type="dict", options={
             "from": dict(type="str"),
             "subject": dict(type="str"),
@@ -198,6 +205,11 @@ def desired_settings(item, field):
         for key, value in (item[group] or {}).items():
             if value is not None:
                 desired[f"{group}.{key}"] = value
+    tag = item["spam_subject_tag"]
+    if tag is not None:
+        if len(tag) > 64 or any(char in tag for char in "\r\n"):
+            raise IspmailError(f"{field}spam_subject_tag: at most 64 characters on one line, got {tag!r}")
+        desired["spam_subject_tag"] = tag or None
     if "virus_notice.from" in desired:
         desired["virus_notice.from"] = validate_address(desired["virus_notice.from"], f"{field}virus_notice.from")
     filters = canonical_keyword_filters(item["keyword_filters"], DOMAIN_FILTER_ACTIONS, f"{field}keyword_filters")
