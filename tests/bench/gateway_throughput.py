@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""Gateway chain throughput against a bare Postfix relay, measured in the same run.
+"""Mail chain throughput against a bare Postfix relay, measured in the same run.
 
-    .venv/bin/python tests/bench/gateway_throughput.py [--messages 1000] [--sessions 20] [--rounds 2]
+    .venv/bin/python tests/bench/gateway_throughput.py [--entry gateway|platform]
+        [--messages 1000] [--sessions 20] [--rounds 2]
 
 A throwaway container on the lab network (label ispmail.lab=<lab>, removed at the end)
 runs smtp-source. "bare" is one stock Postfix in that container relaying to smtp-sink;
-"chain" is smtp-source into gw1's std instance and on through route, vscan (ClamAV),
-mbox and LMTP until every message is a file in the recipient's Maildir. Rounds are
-interleaved; the figures are messages per second, and the chain's ratio to bare.
+"chain" is smtp-source into gw1's std instance (--entry gateway) or into lb1:25
+(--entry platform: HAProxy, spam1's postscreen and edge, the per-recipient rspamd scan
+in scan, then the gateways) and on through route, vscan (ClamAV), mbox and LMTP until
+every message is a file in the recipient's Maildir. The recipient has both contracts,
+so every message is spam-checked and virus-scanned. Rounds are interleaved; the figures
+are messages per second and the chain's ratio to bare. With --entry platform the scan
+times ispmail-spam-milter logged (its HTTP round trip, and rspamd's own time_real) are
+summarised as median and p95.
 """
 
 import argparse
@@ -80,22 +86,25 @@ def maildir_count(mailbox_container, user):
                                      " 2>/dev/null | grep -c ,", check=False) or 0)
 
 
-def chain_round(lab, container, mailbox_container, messages, sessions, size, subject):
+def entry_address(lab, entry):
+    return lab["hosts"]["gw1" if entry == "gateway" else "lb1"]["node_address"]
+
+
+def chain_round(lab, entry, container, mailbox_container, messages, sessions, size, subject):
     before = maildir_count(mailbox_container, RECIPIENT)
-    gateway = lab["hosts"]["gw1"]["node_address"]
     start = time.time()
-    smtp_source(container, f"{gateway}:25", messages, sessions, size, subject, RECIPIENT)
+    smtp_source(container, f"{entry_address(lab, entry)}:25", messages, sessions, size, subject, RECIPIENT)
     end = wait(lambda: maildir_count(mailbox_container, RECIPIENT) >= before + messages, 1800, interval=1)
     delivered = maildir_count(mailbox_container, RECIPIENT) - before
     return messages / (end - start), delivered
 
 
-def light_load_latency(lab, count):
-    """Seconds from SMTP acceptance at gw1 to Dovecot logging the message stored, one at a time.
+def light_load_latency(lab, entry, count):
+    """Seconds from SMTP acceptance at the entry to Dovecot logging the message stored, one at a time.
 
     Both timestamps come from the same kernel clock (containers share it).
     """
-    gateway = lab["hosts"]["gw1"]["node_address"]
+    gateway = entry_address(lab, entry)
     server = pinned_server(lab)
     accepted = {}
     since = time.time()
@@ -125,6 +134,28 @@ def light_load_latency(lab, count):
     return {"median_s": round(statistics.median(values), 3), "max_s": round(values[-1], 3)}
 
 
+def percentile(values, share):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+def scan_times(lab, since):
+    """Median and p95 (seconds) of the per-recipient scans spam1's milter logged since `since`."""
+    spam = lab["hosts"][lab["groups"]["spamcheck"][0]]["ansible_host"]
+    out = sh(spam, f"journalctl --no-pager -o cat --since=@{int(since)} -t ispmail-spam-milter")
+    milter, rspamd = [], []
+    for line in out.splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if "scan_time" in fields:
+            milter.append(float(fields["scan_time"].rstrip("s")))
+            rspamd.append(float(fields.get("rspamd_time", "0s").rstrip("s")))
+    if not milter:
+        return {}
+    return {"scans": len(milter),
+            "milter_round_trip_s": {"median": round(statistics.median(milter), 3), "p95": round(percentile(milter, 0.95), 3)},
+            "rspamd_time_real_s": {"median": round(statistics.median(rspamd), 3), "p95": round(percentile(rspamd, 0.95), 3)}}
+
+
 def pinned_server(lab):
     ldap = lab["hosts"][lab["groups"]["ldap"][0]]["ansible_host"]
     out = sh(ldap, f"ldapsearch -Q -LLL -Y EXTERNAL -H ldapi:/// -b ou=domains,dc=ispmail,dc=test '(mail={RECIPIENT})' ispmailMailboxHost")
@@ -139,18 +170,20 @@ def main():
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--latency-messages", type=int, default=20)
+    parser.add_argument("--entry", choices=["gateway", "platform"], default="gateway")
     args = parser.parse_args()
     lab = lab_inventory.load()
     mailbox_container = lab["hosts"][lab["groups"]["mailbox"][0]]["ansible_host"]
     subject = f"bench {uuid.uuid4().hex[:8]}"
-    latency = light_load_latency(lab, args.latency_messages)
+    started = time.time()
+    latency = light_load_latency(lab, args.entry, args.latency_messages)
     container = start_source_container(lab)
     bare, chain, lost = [], [], 0
     try:
         for _ in range(args.rounds):
             bare.append(bare_round(container, args.messages, args.sessions, args.size))
-            rate, delivered = chain_round(lab, container, mailbox_container, args.messages, args.sessions,
-                                          args.size, subject)
+            rate, delivered = chain_round(lab, args.entry, container, mailbox_container, args.messages,
+                                          args.sessions, args.size, subject)
             chain.append(rate)
             lost += args.messages - delivered
     finally:
@@ -159,12 +192,14 @@ def main():
         sh(pinned_server(lab), f"doveadm expunge -u {RECIPIENT} mailbox INBOX header Subject '{subject}'",
            check=False)
     result = {
-        "messages_per_round": args.messages, "sessions": args.sessions, "size": args.size,
+        "entry": args.entry, "messages_per_round": args.messages, "sessions": args.sessions, "size": args.size,
         "bare_msgs_per_s": [round(r, 1) for r in bare], "chain_msgs_per_s": [round(r, 1) for r in chain],
         "bare_median": round(statistics.median(bare), 1), "chain_median": round(statistics.median(chain), 1),
         "ratio": round(statistics.median(chain) / statistics.median(bare), 3), "lost": lost,
         "light_load_latency": latency,
     }
+    if args.entry == "platform":
+        result["spam_scan"] = scan_times(lab, started)
     print(json.dumps(result, indent=2))
 
 

@@ -223,6 +223,23 @@ def test_domain_errors(run_module, ldapi, slapd):
     assert run_module(mail_domain, name="empty.test", state="absent", **ldapi)["changed"] is False
 
 
+def test_domain_spam_subject_tag_set_replace_and_remove(run_module, ldapi, slapd):
+    make_domain(run_module, ldapi, "tag.test")
+    dn = f"ou=tag.test,ou=domains,{slapd.base_dn}"
+    tagged = run_module(mail_domain, name="tag.test", spam_subject_tag="【迷惑メール】", **ldapi)
+    assert tagged["changed"] and tagged["entry"]["spam_subject_tag"] == "【迷惑メール】"
+    assert read_entry(slapd, dn)["ispmailspamtag"] == ["【迷惑メール】"]
+    assert run_module(mail_domain, name="tag.test", spam_subject_tag="【迷惑メール】", **ldapi)["changed"] is False
+    # Other options leave the tag alone; "" removes it (the spamcheck default applies).
+    assert run_module(mail_domain, name="tag.test", virus_check=True, **ldapi)["entry"]["spam_subject_tag"]
+    removed = run_module(mail_domain, name="tag.test", spam_subject_tag="", **ldapi)
+    assert removed["changed"] and "ispmailspamtag" not in read_entry(slapd, dn)
+    too_long = run_module(mail_domain, name="tag.test", spam_subject_tag="x" * 65, **ldapi)
+    assert too_long["failed"] and "spam_subject_tag" in too_long["msg"]
+    two_lines = run_module(mail_domain, name="tag.test", spam_subject_tag="a\nb", **ldapi)
+    assert two_lines["failed"] and "one line" in two_lines["msg"]
+
+
 def test_simple_bind_and_connection_errors(run_module, ldap_root, slapd):
     make_domain(run_module, ldap_root, "simple.test")
     created = run_module(mail_user, address="frank@simple.test", mailbox_host="mbox01", **ldap_root)
