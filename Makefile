@@ -5,8 +5,10 @@ SHELL := /bin/bash
 
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
-# slapd and haproxy are for the module tests, which run private instances of them.
-HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils haproxy
+# slapd and haproxy are for the module tests, which run private instances of them;
+# chromium, its driver and certutil for the webmail's browser tests.
+HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils haproxy \
+	chromium chromium-driver libnss3-tools
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)

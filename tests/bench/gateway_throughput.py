@@ -81,9 +81,18 @@ def bare_round(container, messages, sessions, size):
 
 
 def maildir_count(mailbox_container, user):
+    """Messages in the user's INBOX and Junk (the spam check files smtp-source's bare messages there)."""
     local, domain = user.split("@")
-    return int(sh(mailbox_container, f"ls /var/vmail/{domain}/{local}/Maildir/new /var/vmail/{domain}/{local}/Maildir/cur"
-                                     " 2>/dev/null | grep -c ,", check=False) or 0)
+    maildir = f"/var/vmail/{domain}/{local}/Maildir"
+    folders = " ".join(f"{maildir}/{folder}{sub}" for folder in ("", ".Junk/") for sub in ("new", "cur"))
+    return int(sh(mailbox_container, f"ls {folders} 2>/dev/null | grep -c ,", check=False) or 0)
+
+
+def expunge(lab, subject):
+    """Remove the benchmark's mail again, on the one server that serves the user."""
+    for folder in ("INBOX", "Junk"):
+        sh(pinned_server(lab), f"doveadm expunge -u {RECIPIENT} mailbox {folder} header Subject '{subject}'",
+           check=False)
 
 
 def entry_address(lab, entry):
@@ -129,7 +138,7 @@ def light_load_latency(lab, entry, count):
         return len(latencies) == count
 
     wait(saved, 120, interval=1)
-    sh(server, f"doveadm expunge -u {RECIPIENT} mailbox INBOX header Subject latency", check=False)
+    expunge(lab, "latency")
     values = sorted(latencies.values())
     return {"median_s": round(statistics.median(values), 3), "max_s": round(values[-1], 3)}
 
@@ -151,9 +160,10 @@ def scan_times(lab, since):
             rspamd.append(float(fields.get("rspamd_time", "0s").rstrip("s")))
     if not milter:
         return {}
-    return {"scans": len(milter),
-            "milter_round_trip_s": {"median": round(statistics.median(milter), 3), "p95": round(percentile(milter, 0.95), 3)},
-            "rspamd_time_real_s": {"median": round(statistics.median(rspamd), 3), "p95": round(percentile(rspamd, 0.95), 3)}}
+    def summary(values):
+        return {"median": round(statistics.median(values), 3), "p95": round(percentile(values, 0.95), 3)}
+
+    return {"scans": len(milter), "milter_round_trip_s": summary(milter), "rspamd_time_real_s": summary(rspamd)}
 
 
 def pinned_server(lab):
@@ -188,9 +198,7 @@ def main():
             lost += args.messages - delivered
     finally:
         podman("rm", "-f", container, check=False)
-        # Remove the benchmark's mail again, on the one server that serves the user.
-        sh(pinned_server(lab), f"doveadm expunge -u {RECIPIENT} mailbox INBOX header Subject '{subject}'",
-           check=False)
+        expunge(lab, subject)
     result = {
         "entry": args.entry, "messages_per_round": args.messages, "sessions": args.sessions, "size": args.size,
         "bare_msgs_per_s": [round(r, 1) for r in bare], "chain_msgs_per_s": [round(r, 1) for r in chain],
