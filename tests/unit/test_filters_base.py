@@ -40,3 +40,13 @@ def test_publish_args_sorted_on_loopback():
 def test_publish_args_bad_ports(port):
     with pytest.raises(AnsibleFilterError, match="lab_published_ports.smtp"):
         lab_publish_args({"smtp": port})
+
+
+def test_rotate_starts_each_list_elsewhere():
+    from lists import rotate
+    assert rotate(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert rotate(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert rotate(["a", "b", "c"], 4) == ["b", "c", "a"]
+    assert rotate([], 3) == []
+    with pytest.raises(AnsibleFilterError, match="integer shift"):
+        rotate(["a"], "x")

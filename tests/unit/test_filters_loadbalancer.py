@@ -1,15 +1,13 @@
-"""The load balancer's pool split filter, and the ports both sides of the PROXY hop use."""
+"""The load balancer's filters: the pool split, and the service map as HAProxy renders it.
 
-from pathlib import Path
+That both sides of the PROXY hop use the map's ports: tests/unit/test_wiring.py."""
 
 import pytest
-import yaml
 from ansible.errors import AnsibleFilterError
 
 import lb_pool_ratio
 from loadbalancer import lb_pool_split
 
-ROLES = Path(__file__).resolve().parents[2] / "roles"
 GATEWAYS = [f"gw0{n}" for n in range(1, 9)]
 
 
@@ -31,16 +29,36 @@ def test_bad_ratios_fail_clearly(ratio, message):
         lb_pool_split(GATEWAYS, ratio)
 
 
-def defaults(role):
-    return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+SERVICES = {
+    "smtp": {"port": 25, "group": "spamcheck", "backend_port": 10025, "proxy_protocol": True, "check": "smtp"},
+    "imap": {"port": 143, "group": "gateway", "pool": "pop", "backend_port": 10143, "check": "imap"},
+    "imaps": {"port": 993, "group": "gateway", "pool": "pop", "backend_port": 10993, "check": "imap",
+              "check_via": "imap"},
+}
 
 
-def test_load_balancer_backend_ports_are_the_gateways_proxy_listeners():
-    services = {s["name"]: s for s in yaml.safe_load((ROLES / "loadbalancer/vars/main.yml").read_text())
-                ["__loadbalancer_services"]}
-    postfix = defaults("postfix_gateway")["postfix_gateway_haproxy_ports"]
-    dovecot = defaults("mailbox_proxy")["mailbox_proxy_haproxy_ports"]
-    expected = {"submission": postfix["submission"], "submissions": postfix["submissions"],
-                "pop_before_smtp": postfix["pbs"], "pop3": dovecot["pop3"], "pop3s": dovecot["pop3s"],
-                "imap": dovecot["imap"], "imaps": dovecot["imaps"], "sieve": dovecot["sieve"]}
-    assert {name: services[name]["backend_port"] for name in expected} == expected
+def test_lb_services_lists_the_map_with_check_ports():
+    from loadbalancer import lb_services
+    services = lb_services(SERVICES)
+    assert [s["name"] for s in services] == ["smtp", "imap", "imaps"]
+    assert services[2]["check_port"] == 10143 and "check_port" not in services[1]
+    assert services[1]["proxy_protocol"] is True and services[0]["pool"] is None
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"imap": {"port": "x"}}, "imap.port must be a TCP port"),
+    ({"imap": {"backend_port": 70000}}, "imap.backend_port must be a TCP port"),
+    ({"imap": {"group": "mailbox"}}, "imap.group must be one of"),
+    ({"imap": {"pool": None}}, "imap: a gateway service needs pool"),
+    ({"smtp": {"pool": "smtp"}}, "smtp: a gateway service needs pool"),
+    ({"imap": {"pool": "web"}}, "imap.pool must be smtp or pop"),
+    ({"imap": {"check": "http"}}, "imap.check must be one of"),
+    ({"imaps": {"check_via": "pop3"}}, "imaps.check_via names no service"),
+    ({"imaps": {"port": 143}}, "imaps and imap both use port 143"),
+    ({"smtp": {"proxy_protocol": "yes"}}, "smtp.proxy_protocol must be true or false"),
+])
+def test_lb_services_refuses_bad_entries(change, message):
+    from loadbalancer import lb_services
+    services = {name: dict(value, **change.get(name, {})) for name, value in SERVICES.items()}
+    with pytest.raises(AnsibleFilterError, match=message):
+        lb_services(services)
