@@ -16,7 +16,7 @@ export PATH := $(BIN):$(PATH)
 # CI's lab: its own names and subnet, nothing published, so it never meets `make lab`'s.
 CI_LAB_ENV := ISPMAIL_LAB=ispmail-ci ISPMAIL_LAB_SUBNET=10.214.0.0/24 ISPMAIL_LAB_PUBLISH=no
 
-.PHONY: help host-deps venv lab lab-info lab-destroy test lint unit molecule clean
+.PHONY: help host-deps venv lab lab-info lab-destroy test lint unit molecule docs clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,16 +51,20 @@ lab-destroy: venv ## Remove the lab's containers, network and volumes
 
 test: lint unit molecule ## Lint, unit tests and the molecule scenario
 
-lint: venv ## yamllint, ansible-lint (production profile), both inventories parse
+lint: venv ## yamllint, ansible-lint (production profile), both inventories parse, role docs current
 	yamllint --strict .
 	ansible-lint --profile production
 	for inv in inventories/*/; do ansible-inventory -i $$inv --graph >/dev/null; done
+	python3 tests/role_docs.py --check
 
 unit: venv ## Unit tests; the LDAP modules against a private slapd, lb_pool_ratio against a private HAProxy
 	pytest -q tests/unit tests/slapd tests/haproxy
 
 molecule: venv ## Create CI's own lab from the lab inventory, converge twice, verify, destroy
 	env $(CI_LAB_ENV) molecule test
+
+docs: venv ## Regenerate the role variable tables in docs/roles from meta/argument_specs.yml
+	python3 tests/role_docs.py --write
 
 clean: ## Remove the virtualenv and caches (not the lab)
 	rm -rf $(VENV) .cache

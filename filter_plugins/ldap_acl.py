@@ -1,4 +1,8 @@
-"""Filters for the OpenLDAP role: access rules and syncrepl settings as data."""
+"""Filter for the OpenLDAP role: the database's access rules (olcAccess) as data.
+
+Used by roles/ldap/tasks/config.yml. Replication (olcSyncrepl) is not built here:
+roles/ldap/tasks/consumer.yml sets it directly.
+"""
 
 from ansible.errors import AnsibleFilterError
 
@@ -6,11 +10,18 @@ from ansible.errors import AnsibleFilterError
 def ldap_access_rules(accounts, base_dn, root_peer):
     """olcAccess values, in order, for the platform's directory.
 
-    - userPassword: usable for binds only; users may change their own; only the
-      replicator reads it (consumers need the hashes for local binds).
+    accounts is ldap_service_accounts ({name: {read_attributes: [...]}}, `replicator`
+    required); root_peer is root's SASL EXTERNAL identity over ldapi.
+
+    - userPassword: usable for binds only; users may change their own; besides root,
+      only the replicator reads it (consumers need the hashes for local binds).
     - root over ldapi manages everything; the replicator reads everything.
-    - each service account reads only its own attributes under ou=domains.
+    - each other service account reads only its read_attributes under ou=domains, in
+      name order; an account without read_attributes gets no rule.
     - users read their own entry; nobody else sees anything.
+
+    Raises AnsibleFilterError if `replicator` is missing or a read_attributes entry is
+    not an attribute name.
     """
     if not isinstance(accounts, dict) or "replicator" not in accounts:
         raise AnsibleFilterError("ldap_service_accounts must be a dict that includes 'replicator'")
