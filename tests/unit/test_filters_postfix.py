@@ -255,3 +255,15 @@ def test_a_table_is_written_once():
     with pytest.raises(AnsibleFilterError, match="given twice"):
         postfix_tables([{"path": "/a", "lines": []}, {"path": "/a", "lines": []}], SETTINGS, SERVICES)
 
+
+def standard_services():
+    data = yaml.safe_load((ROLES / "postfix_multi" / "vars" / "main.yml").read_text())
+    return data["__postfix_multi_standard_services"]
+
+
+def test_standard_table_is_postfix_stock_order():
+    assert [s["service"] for s in standard_services()] == [
+        "pickup", "cleanup", "qmgr", "tlsmgr", "rewrite", "bounce", "defer", "trace", "verify", "flush",
+        "proxymap", "proxywrite", "smtp", "relay", "showq", "error", "retry", "discard", "local", "lmtp",
+        "anvil", "scache", "postlog"]
+
