@@ -267,3 +267,12 @@ def test_standard_table_is_postfix_stock_order():
         "proxymap", "proxywrite", "smtp", "relay", "showq", "error", "retry", "discard", "local", "lmtp",
         "anvil", "scache", "postlog"]
 
+
+def test_gateway_instances_build_with_the_standard_table():
+    data = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    services = postfix_instance_services(data["__postfix_gateway_instances"], standard_services(),
+                                         data["__postfix_gateway_master_services"])
+    for name, table in services.items():
+        assert "local/unix" not in names(table), f"{name}: a gateway delivers nothing locally"
+    assert names(services["route"])[1] == "vscan/unix", "route's own service follows its listener"
+
