@@ -276,3 +276,19 @@ def test_gateway_instances_build_with_the_standard_table():
         assert "local/unix" not in names(table), f"{name}: a gateway delivers nothing locally"
     assert names(services["route"])[1] == "vscan/unix", "route's own service follows its listener"
 
+
+def test_spamcheck_defines_edge_and_scan_and_every_lookup_they_use():
+    data = yaml.safe_load((ROLES / "spamcheck" / "vars" / "main.yml").read_text())
+    instances = data["__spamcheck_instances"]
+    assert list(instances) == ["edge", "scan"]
+    used = set(re.findall(r"ldap_dir }}/([a-z-]+)\.cf", yaml.safe_dump(instances)))
+    assert used and used <= set(data["__spamcheck_ldap_maps"])
+    services = postfix_instance_services(instances, standard_services())
+    edge = names(services["edge"])
+    assert edge[:4] == ["{{ spamcheck_inbound_port }}/inet", "smtpd/pass", "dnsblog/unix", "tlsproxy/unix"]
+    assert edge.count("relay/unix") == 1 and "local/unix" in edge
+    relay = next(s for s in services["edge"] if s["service"] == "relay")
+    assert relay["options"] == {"syslog_name": "postfix-edge/relay"}
+    tables = [table["path"] for table in data["__spamcheck_tables"]]
+    main = yaml.safe_dump(instances["edge"]["main"])
+    assert all(path in main for path in tables), "edge names every table spamcheck writes"
