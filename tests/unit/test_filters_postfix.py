@@ -1,5 +1,5 @@
-"""The filter that merges the gateway's Postfix instance settings, and the role data
-it is used with (every instance, every LDAP lookup it names)."""
+"""The filters of role postfix_multi (main.cf layers, master.cf table, lookup tables), and
+the role data postfix_gateway and spamcheck pass it (every instance, every lookup it names)."""
 
 import re
 from pathlib import Path
@@ -8,9 +8,18 @@ import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
 
-from postfix_instances import postfix_instance_settings, postfix_master_line
+from postfix_instances import (
+    postfix_instance_identity,
+    postfix_instance_services,
+    postfix_instance_settings,
+    postfix_ldap_tables,
+    postfix_main_settings,
+    postfix_master_line,
+    postfix_tables,
+)
 
-ROLE = Path(__file__).resolve().parents[2] / "roles" / "postfix_gateway"
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+ROLE = ROLES / "postfix_gateway"
 INSTANCES = {
     "submit": {"main": {"smtpd_sasl_auth_enable": True, "default_process_limit": 50}},
     "std": {"main": {"relay_domains": ["ldap:a.cf", "ldap:b.cf"]}},
@@ -83,3 +92,203 @@ def test_role_defines_six_instances_and_every_lookup_they_use():
     assert used and used <= set(data["__postfix_gateway_ldap_maps"])
     for name, instance in instances.items():
         assert instance["listeners"], f"{name} has no SMTP listener"
+
+
+def test_main_settings_merge_flat_layers():
+    result = postfix_main_settings({"biff": False, "relayhost": "[a]", "smtp_tls_CAfile": "/ca"},
+                                   {"relayhost": None, "alias_maps": ""})
+    assert result == {"alias_maps": "", "biff": "no", "smtp_tls_CAfile": "/ca"}
+
+
+def test_identity_is_fixed_per_instance():
+    identity = postfix_instance_identity(INSTANCES, "gateway")
+    host = {"submit": {"multi_instance_name": "postfix-other", "queue_directory": "/tmp"}}
+    result = postfix_instance_settings(INSTANCES, {}, host, identity)
+    assert result["submit"]["multi_instance_name"] == "postfix-submit"
+    assert result["submit"]["queue_directory"] == "/var/spool/postfix-submit"
+    assert result["std"]["data_directory"] == "/var/lib/postfix-std"
+    assert result["std"]["multi_instance_group"] == "gateway"
+    assert result["std"]["multi_instance_enable"] == "yes"
+    assert result["std"]["syslog_name"] == "postfix-std"
+    assert result["std"]["mail_name"] == "Postfix-std"
+
+
+def test_identity_without_log_names_leaves_postfix_defaults():
+    identity = postfix_instance_identity({"edge": {}}, "spamcheck", False)
+    assert "syslog_name" not in identity["edge"] and "mail_name" not in identity["edge"]
+
+
+@pytest.mark.parametrize("instances, group, message", [
+    ({"Edge": {}}, "spamcheck", "must be lower case letters and digits"),
+    ({"edge": {}}, "spam check", "group 'spam check'"),
+    ({}, "spamcheck", "non-empty dict"),
+])
+def test_identity_rejects_bad_names(instances, group, message):
+    with pytest.raises(AnsibleFilterError, match=re.escape(message)):
+        postfix_instance_identity(instances, group)
+
+
+STANDARD = [
+    {"service": "pickup", "type": "unix", "command": "pickup"},
+    {"service": "relay", "type": "unix", "command": "smtp"},
+    {"service": "local", "type": "unix", "unpriv": "n", "command": "local"},
+]
+
+
+def names(services):
+    return [f"{s['service']}/{s.get('type', 'inet')}" for s in services]
+
+
+def test_services_come_in_master_cf_order():
+    instances = {"edge": {"listeners": [{"port": 25}],
+                          "services": [{"service": "spamscan", "type": "unix", "command": "smtp"}]}}
+    shared = [{"service": "dnsblog", "type": "unix", "command": "dnsblog"}]
+    result = postfix_instance_services(instances, STANDARD, shared)["edge"]
+    assert names(result) == ["25/inet", "spamscan/unix", "dnsblog/unix", "pickup/unix", "relay/unix", "local/unix"]
+    assert result[0] == {"service": 25, "type": "inet", "private": "n", "command": "smtpd"}
+
+
+def test_services_replace_or_drop_standard_entries_in_place():
+    relay = {"service": "relay", "type": "unix", "command": "smtp", "options": {"syslog_name": "x/relay"}}
+    instances = {"edge": {"services": [relay]}, "scan": {}}
+    shared = [{"service": "local", "type": "unix", "state": "absent"}]
+    result = postfix_instance_services(instances, STANDARD, shared)
+    assert names(result["edge"]) == ["pickup/unix", "relay/unix"]
+    assert result["edge"][1] == relay
+    assert result["scan"][1] == STANDARD[1]
+    assert STANDARD[2]["service"] == "local", "the standard table itself is left alone"
+
+
+def test_an_instance_may_bring_back_what_the_shared_layer_drops():
+    shared = [{"service": "local", "type": "unix", "state": "absent"}]
+    instances = {"std": {"services": [{"service": "local", "type": "unix", "command": "local"}]}}
+    assert names(postfix_instance_services(instances, STANDARD, shared)["std"])[-1] == "local/unix"
+
+
+def test_listener_fields_can_be_overridden():
+    instances = {"edge": {"listeners": [{"port": "10025", "command": "postscreen", "maxproc": 1}]}}
+    line = postfix_master_line(postfix_instance_services(instances, STANDARD)["edge"][0])
+    assert line == "10025  inet  n  -  n  -  1  postscreen"
+
+
+@pytest.mark.parametrize("instance, message", [
+    ({"services": [{"service": "virtual", "type": "unix", "state": "absent"}]}, "nothing to remove"),
+    ({"listeners": [{"port": 25}, {"port": 25}]}, "25/inet appears twice"),
+    ({"listeners": [{"options": {}}]}, "a listener needs a port"),
+    ({"services": [{"service": "x", "type": "unix", "comand": "smtp"}]}, "unknown master.cf field(s) comand"),
+    ({"services": [{"service": "x", "type": "unix"}]}, "needs command"),
+    ({"services": [{"service": "relay", "type": "unix", "state": "gone"}]}, "present or absent"),
+    ({"services": ["relay"]}, "must be a dict"),
+])
+def test_bad_services_fail_clearly(instance, message):
+    with pytest.raises(AnsibleFilterError, match=re.escape(message)):
+        postfix_instance_services({"edge": instance}, STANDARD)
+
+
+def test_ldap_maps_become_secret_tables():
+    tables = postfix_ldap_tables({"users": {"query_filter": "(mail=%s)", "result_attribute": "mail"}},
+                                 "/etc/postfix/ldap/", {"server_host": "ldap://localhost/", "bind_pw": "x"})
+    assert tables == [{
+        "path": "/etc/postfix/ldap/users.cf",
+        "comment": "Postfix LDAP lookup `users`.",
+        "settings": {"server_host": "ldap://localhost/", "bind_pw": "x",
+                     "query_filter": "(mail=%s)", "result_attribute": "mail"},
+        "group": "postfix",
+        "mode": "0640",
+        "secret": True,
+    }]
+    assert postfix_ldap_tables({}, "", {}) == []
+
+
+@pytest.mark.parametrize("maps, directory, message", [
+    ({"users": {}}, "ldap", "absolute directory"),
+    ({"Users": {}}, "/l", "must be lower case"),
+    ({"users": {"query filter": "x"}}, "/l", "not a main.cf parameter name"),
+    (["users"], "/l", "dict of name to settings"),
+])
+def test_bad_ldap_maps_fail_clearly(maps, directory, message):
+    with pytest.raises(AnsibleFilterError, match=re.escape(message)):
+        postfix_ldap_tables(maps, directory, {})
+
+
+SETTINGS = {
+    "pbs": {"smtpd_relay_restrictions": "check_client_access memcache:/etc/postfix-pbs/pbs.cf, reject"},
+    "edge": {"header_checks": "pcre:/etc/postfix-edge/hc.pcre"},
+}
+SERVICES = {"pbs": [], "edge": [{"service": 25, "command": "smtpd", "options": {"x_maps": ["cidr:/e/a.cidr"]}}]}
+
+
+def test_tables_render_settings_or_lines_and_find_their_instances():
+    tables = postfix_tables([
+        {"path": "/etc/postfix-pbs/pbs.cf", "comment": "POP before SMTP.\nSecond line.",
+         "settings": {"memcache": "inet:127.0.0.1:11211", "timeout": 2}},
+        {"path": "/etc/postfix-edge/hc.pcre", "lines": ["/^X-Spam:/\tIGNORE"], "mode": "0640", "secret": True},
+        {"path": "/e/a.cidr", "lines": []},
+        {"path": "/etc/postfix-pbs/pbs.cf.old", "lines": ["unused"]},
+    ], SETTINGS, SERVICES)
+    assert tables[0] == {
+        "path": "/etc/postfix-pbs/pbs.cf",
+        "lines": ["# POP before SMTP.", "# Second line.", "memcache = inet:127.0.0.1:11211", "timeout = 2"],
+        "owner": "root", "group": "root", "mode": "0644", "secret": False, "instances": ["pbs"],
+    }
+    assert tables[1]["lines"] == ["/^X-Spam:/\tIGNORE"]
+    assert (tables[1]["mode"], tables[1]["secret"], tables[1]["instances"]) == ("0640", True, ["edge"])
+    assert tables[2]["instances"] == ["edge"], "master.cf options count as a use"
+    assert tables[3]["instances"] == ["pbs", "edge"], "a table nobody names reloads every instance"
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"path": "pbs.cf", "lines": []}, "needs an absolute path"),
+    ({"path": "/a", "lines": [], "settings": {}}, "either settings (key = value) or lines"),
+    ({"path": "/a"}, "either settings (key = value) or lines"),
+    ({"path": "/a", "lines": "one"}, "lines must be a list"),
+    ({"path": "/a", "lines": ["a\nb"]}, "one line of text"),
+    ({"path": "/a", "settings": {"bad key": 1}}, "not a main.cf parameter name"),
+    ({"path": "/a", "lines": [], "owner_": "x"}, "unknown field(s) owner_"),
+])
+def test_bad_tables_fail_clearly(table, message):
+    with pytest.raises(AnsibleFilterError, match=re.escape(message)):
+        postfix_tables([table], SETTINGS, SERVICES)
+
+
+def test_a_table_is_written_once():
+    with pytest.raises(AnsibleFilterError, match="given twice"):
+        postfix_tables([{"path": "/a", "lines": []}, {"path": "/a", "lines": []}], SETTINGS, SERVICES)
+
+
+def standard_services():
+    data = yaml.safe_load((ROLES / "postfix_multi" / "vars" / "main.yml").read_text())
+    return data["__postfix_multi_standard_services"]
+
+
+def test_standard_table_is_postfix_stock_order():
+    assert [s["service"] for s in standard_services()] == [
+        "pickup", "cleanup", "qmgr", "tlsmgr", "rewrite", "bounce", "defer", "trace", "verify", "flush",
+        "proxymap", "proxywrite", "smtp", "relay", "showq", "error", "retry", "discard", "local", "lmtp",
+        "anvil", "scache", "postlog"]
+
+
+def test_gateway_instances_build_with_the_standard_table():
+    data = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    services = postfix_instance_services(data["__postfix_gateway_instances"], standard_services(),
+                                         data["__postfix_gateway_master_services"])
+    for name, table in services.items():
+        assert "local/unix" not in names(table), f"{name}: a gateway delivers nothing locally"
+    assert names(services["route"])[1] == "vscan/unix", "route's own service follows its listener"
+
+
+def test_spamcheck_defines_edge_and_scan_and_every_lookup_they_use():
+    data = yaml.safe_load((ROLES / "spamcheck" / "vars" / "main.yml").read_text())
+    instances = data["__spamcheck_instances"]
+    assert list(instances) == ["edge", "scan"]
+    used = set(re.findall(r"ldap_dir }}/([a-z-]+)\.cf", yaml.safe_dump(instances)))
+    assert used and used <= set(data["__spamcheck_ldap_maps"])
+    services = postfix_instance_services(instances, standard_services())
+    edge = names(services["edge"])
+    assert edge[:4] == ["{{ spamcheck_inbound_port }}/inet", "smtpd/pass", "dnsblog/unix", "tlsproxy/unix"]
+    assert edge.count("relay/unix") == 1 and "local/unix" in edge
+    relay = next(s for s in services["edge"] if s["service"] == "relay")
+    assert relay["options"] == {"syslog_name": "postfix-edge/relay"}
+    tables = [table["path"] for table in data["__spamcheck_tables"]]
+    main = yaml.safe_dump(instances["edge"]["main"])
+    assert all(path in main for path in tables), "edge names every table spamcheck writes"
