@@ -7,7 +7,8 @@ vars, vars_files, role vars and defaults, inventory). Nothing connects to any ho
 
 prints JSON: [{"playbook", "play", "role", "host", "vars": {name: value},
 "templates": {file: text}}]. The defaults are resolved, plus the names of
-every role the play lists (role `platform`). --template renders a role template with
+every role the play lists (role `platform`); --var adds a role's internal names
+(`__<role>_...`, for the role that owns them). --template renders a role template with
 those variables (for the service-map test); a set_fact the template needs is
 computed by the caller's --fact NAME=EXPRESSION.
 """
@@ -64,6 +65,7 @@ def main():
     parser.add_argument("--template", action="append", default=[], help="ROLE:TEMPLATE to render")
     parser.add_argument("--fact", action="append", default=[], help="NAME=EXPRESSION set before rendering")
     parser.add_argument("--os-family", default="Debian", help="whose roles/*/vars/<os_family>.yml to load")
+    parser.add_argument("--var", action="append", default=[], help="also resolve NAME (e.g. a role's internal data)")
     args = parser.parse_args()
 
     context.CLIARGS = ImmutableDict(tags={}, skip_tags={}, check=True, diff=False, extra_vars=())
@@ -95,6 +97,9 @@ def main():
                 if defaults.exists():
                     names += list((yaml.safe_load(defaults.read_text()) or {}).keys())
             resolved = {name: _resolve(templar, name) for name in names}
+            for name in args.var:
+                if name.startswith(f"__{block_owner.get_name()}_"):
+                    resolved[name] = _resolve(templar, name)
             rendered = {}
             for spec in args.template:
                 role, _, template = spec.partition(":")

@@ -153,15 +153,26 @@ def changed_map(tmp_path_factory):
     for entry in _probe(inventories, "playbooks/loadbalancer.yml", "--template", "loadbalancer:haproxy.cfg.j2",
                         "--fact", "__loadbalancer_split=loadbalancer_gateways | lb_pool_split(loadbalancer_gateway_ratio)"):
         rendered.update(entry["templates"])
-    for entry in _probe(inventories, "playbooks/gateway.yml", "--template", "mailbox_proxy:dovecot.conf.j2"):
+    for entry in _probe(inventories, "playbooks/gateway.yml", "--template", "mailbox_proxy:dovecot.conf.j2",
+                        "--var", "__postfix_gateway_instances", "--var", "__postfix_gateway_master_services"):
         rendered.update(entry["templates"])
         rendered.setdefault("gateway vars", {}).update(entry["vars"])
     for entry in _probe(inventories, "playbooks/webmail.yml", "--template", "webmail:nginx-site.conf.j2"):
         rendered.update(entry["templates"])
         rendered["webmail vars"] = entry["vars"]
-    for entry in _probe(inventories, "playbooks/spamcheck.yml"):
+    for entry in _probe(inventories, "playbooks/spamcheck.yml", "--var", "__spamcheck_instances"):
         rendered.setdefault("spamcheck vars", {}).update(entry["vars"])
     return rendered
+
+
+def _master_cf(instances, shared):
+    """master.cf of every instance, rendered by role postfix_multi's own filters."""
+    from postfix_instances import postfix_instance_services, postfix_master_line
+    standard = yaml.safe_load((ROOT / "roles/postfix_multi/vars/main.yml").read_text())[
+        "__postfix_multi_standard_services"]
+    services = postfix_instance_services(instances, standard, shared)
+    return {name: "\n".join(postfix_master_line(service) for service in entries)
+            for name, entries in services.items()}
 
 
 def test_service_map_moves_load_balancer_and_backends(changed_map):
@@ -178,8 +189,15 @@ def test_service_map_moves_load_balancer_and_backends(changed_map):
         assert f"port = {CHANGED_SERVICES[name]['port']}\n" in relay, name
 
     gateway = changed_map["gateway vars"]
-    assert gateway["postfix_gateway_haproxy_ports"] == {"submission": 20587, "submissions": 20465, "pbs": 23525}
-    assert gateway["postfix_gateway_ports"]["submission"] == 2587
+    master = _master_cf(gateway["__postfix_gateway_instances"], gateway["__postfix_gateway_master_services"])
+    for port in (2587, 2465, 20587, 20465):
+        assert f"\n{port}  inet  n" in "\n" + master["submit"], port
+    for port in (3525, 23525):
+        assert f"\n{port}  inet  n" in "\n" + master["pbs"], port
+    assert "smtpd_upstream_proxy_protocol=haproxy" in master["submit"]
+    spamcheck = changed_map["spamcheck vars"]
+    edge = _master_cf(spamcheck["__spamcheck_instances"], None)["edge"]
+    assert "\n20025  inet  n" in "\n" + edge and "postscreen" in edge.split("20025", 1)[1].splitlines()[0]
 
     nginx = changed_map["nginx-site.conf.j2"]
     assert "listen 8443 ssl" in nginx and "listen 18443 ssl http2 proxy_protocol" in nginx
@@ -187,4 +205,3 @@ def test_service_map_moves_load_balancer_and_backends(changed_map):
     assert (webmail["webmail_imap_port"], webmail["webmail_sieve_port"], webmail["webmail_submission_port"]) \
         == (1143, 5190, 2587)
 
-    assert changed_map["spamcheck vars"]["spamcheck_inbound_port"] == 20025
