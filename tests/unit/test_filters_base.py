@@ -1,7 +1,7 @@
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from lab import lab_publish_args
+from lab import lab_publish_specs
 from storage import nfs_mount_options
 
 
@@ -31,15 +31,15 @@ def test_nfs_options_must_be_a_list():
         nfs_mount_options("rw,hard", "3")
 
 
-def test_publish_args_sorted_on_loopback():
+def test_publish_specs_sorted_on_loopback():
     ports = {"smtp": {"host": 10025, "container": 25}, "imap": {"host": "10143", "container": 143}}
-    assert lab_publish_args(ports) == ["--publish=127.0.0.1:10143:143", "--publish=127.0.0.1:10025:25"]
+    assert lab_publish_specs(ports) == ["127.0.0.1:10143:143", "127.0.0.1:10025:25"]
 
 
 @pytest.mark.parametrize("port", [{"host": 0, "container": 25}, {"host": "x", "container": 25}, {"host": 1}])
-def test_publish_args_bad_ports(port):
+def test_publish_specs_bad_ports(port):
     with pytest.raises(AnsibleFilterError, match="lab_published_ports.smtp"):
-        lab_publish_args({"smtp": port})
+        lab_publish_specs({"smtp": port})
 
 
 def test_rotate_starts_each_list_elsewhere():
