@@ -5,10 +5,11 @@ SHELL := /bin/bash
 
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
-# slapd and haproxy are for the module tests, which run private instances of them;
-# chromium, its driver and certutil for the webmail's browser tests.
-HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils haproxy \
-	chromium chromium-driver libnss3-tools
+# slapd, haproxy and memcached are for the unit tests, which run private instances of them
+# (haproxy and keepalived also check the load balancer's rendered configuration);
+# chromium, its driver and certutil for the webmail's browser tests; testssl.sh checks TLS.
+HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils haproxy keepalived \
+	memcached testssl.sh chromium chromium-driver libnss3-tools
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)
@@ -25,7 +26,7 @@ host-deps: ## Install the host packages the lab needs (Debian 12, as root)
 	@missing=""; for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  case "$$missing" in *haproxy*) systemctl disable --now haproxy.service >/dev/null 2>&1 || true;; esac; \
+	  for unit in haproxy keepalived memcached; do case "$$missing" in *$$unit*) systemctl disable --now $$unit.service >/dev/null 2>&1 || true;; esac; done; \
 	fi
 
 $(BIN)/.installed: requirements.txt | host-deps

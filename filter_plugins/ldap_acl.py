@@ -1,7 +1,6 @@
 """Filter for the OpenLDAP role: the database's access rules (olcAccess) as data.
 
-Used by roles/ldap/tasks/config.yml. Replication (olcSyncrepl) is not built here:
-roles/ldap/tasks/consumer.yml sets it directly.
+Used by roles/ldap/tasks/config.yml. Replication (olcSyncrepl) is in ldap_replication.py.
 """
 
 from ansible.errors import AnsibleFilterError

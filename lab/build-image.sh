@@ -26,14 +26,18 @@ packages=systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,procps,ca-certif
 echo "debootstrap $suite from $mirror into $root"
 debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >/dev/null
 
-# Units that cannot work in a container would only leave failed units behind.
+# Units that cannot work in a container would only leave failed units behind; apt's
+# own timers would take the package lock in the middle of a deploy.
 for unit in systemd-remount-fs.service getty@tty1.service console-getty.service \
             systemd-udevd.service systemd-udev-trigger.service systemd-firstboot.service \
-            sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount; do
+            sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount \
+            apt-daily.timer apt-daily-upgrade.timer; do
     ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
 rm -f "$root/etc/machine-id" && touch "$root/etc/machine-id"
 echo 'APT::Install-Recommends "false";' > "$root/etc/apt/apt.conf.d/90lab-no-recommends"
+# A mirror's passing hiccup must not fail a deploy (or CI).
+echo 'Acquire::Retries "5";' > "$root/etc/apt/apt.conf.d/90lab-retries"
 # Same Debian sources as the host (with updates and security), package lists filled in.
 if [ -f /etc/apt/sources.list.d/debian.sources ]; then
     cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/debian.sources"

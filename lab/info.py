@@ -10,9 +10,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import lab_inventory  # noqa: E402
 
-URL_SCHEMES = {"webmail": "https", "haproxy_stats": "http"}
+URL_SCHEMES = {"webmail": "https", "haproxy_stats": "https"}
 ENDPOINTS = ["smtp", "submission", "submissions", "pbs_smtp", "pop3", "pop3s", "imap", "imaps",
-             "managesieve", "webmail", "ldap", "haproxy_stats"]
+             "managesieve", "webmail", "haproxy_stats"]
 
 
 def listening_ports(container):

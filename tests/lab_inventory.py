@@ -11,18 +11,25 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# ISPMAIL_FULL=1: the slow integration suites in full (make test runs their short pass).
+FULL = os.environ.get("ISPMAIL_FULL") == "1"
 INVENTORY = ROOT / "inventories" / "lab"
 
 # Rendered by ansible itself, so the env-selected lab name and subnet are honoured: each
 # host's own values, in a play with role `platform` (the shared names some lab values
 # are written in; hostvars of another host would not carry a play's role defaults).
-_HOST_KEYS = ["ansible_host", "node_address", "lab_published_ports", "pop_before_smtp_window"]
+_HOST_KEYS = ["ansible_host", "node_address", "lab_published_ports", "pop_before_smtp_window",
+              "platform_lb_stats_port"]
 _QUERY = "{{ dict(KEYS | zip(KEYS | map('extract', vars))) | to_json }}".replace("KEYS", repr(_HOST_KEYS))
-_LAB_QUERY = "{{ {'groups': groups, 'lab_name': lab_name, 'lab_publish_ports': lab_publish_ports} | to_json }}"
+_LAB_QUERY = ("{{ {'groups': groups, 'lab_name': lab_name, 'lab_publish_ports': lab_publish_ports, "
+              "'platform_operator_networks': platform_operator_networks, "
+              "'platform_pop_before_smtp_port': platform_pop_before_smtp_port, "
+              "'platform_ca_certificate': platform_ca_certificate} | to_json }}")
 
 
 def load():
-    """Return {'groups', 'hosts', 'lab_name', 'lab_publish_ports'} for the current lab."""
+    """Return {'groups', 'hosts', 'lab_name', 'lab_publish_ports', 'platform_operator_networks',
+    'platform_pop_before_smtp_port', 'platform_ca_certificate'} for the current lab."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
                ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
     # debug needs no connection: nothing reaches the containers.

@@ -136,3 +136,20 @@ class ManageSieve:
         except RuntimeError:
             pass
         self.sock.close()
+
+
+def deployed_setting(lab_host, host, path, key):
+    """The value of `key = value` in a settings file the platform wrote on a host."""
+    for line in lab_host(host).file(path).content_string.splitlines():
+        name, sep, value = (part.strip() for part in line.partition("="))
+        if sep and name == key:
+            return value
+    raise KeyError(f"{key} not in {host}:{path}")
+
+
+def forget_pop_before_smtp(lab, lab_host, client):
+    """Drop a client's POP-before-SMTP authorisation on every gateway (a clean start)."""
+    port = lab["platform_pop_before_smtp_port"]
+    for gateway in lab["groups"]["gateway"]:
+        lab_host(gateway).run(f"python3 -c \"import socket; s = socket.create_connection(('127.0.0.1', {port})); "
+                              f"s.sendall(b'delete pbs:{client}\\r\\n'); s.recv(64)\"")

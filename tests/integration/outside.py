@@ -1,4 +1,5 @@
-"""Clients that run inside inet1, the lab's stand-in for the outside world.
+"""Clients that run inside inet1, the lab's stand-in for the outside world (and, with
+python_in, in other lab containers).
 
 inet1 has Python 3 but not the lab CA, so TLS there is unverified. Each script prints
 one JSON object.
@@ -46,9 +47,14 @@ pop.quit()
 """
 
 
-def from_inet1(lab_host, script, **args):
-    out = lab_host("inet1").check_output(f"python3 -c {shlex.quote(script)} {shlex.quote(json.dumps(args))}")
+def python_in(lab_host, container, script, **args):
+    """Run one of these scripts in a lab container; its JSON result (args may name a host)."""
+    out = lab_host(container).check_output(f"python3 -c {shlex.quote(script)} {shlex.quote(json.dumps(args))}")
     return json.loads(out)
+
+
+def from_inet1(lab_host, script, **args):
+    return python_in(lab_host, "inet1", script, **args)
 
 
 def smtp_from_inet1(lab, lab_host, gateway, port, rcpts, text, sender="someone@example.net"):
@@ -64,4 +70,21 @@ imap.starttls(ssl_context=ssl._create_unverified_context())
 imap.login(a["user"], a["password"])
 imap.logout()
 print(json.dumps({"ok": True}))
+"""
+
+# A TCP connection, then (with tls) a TLS handshake: how far it got, and why it stopped.
+CONNECT = r"""
+import json, socket, ssl, sys
+a = json.loads(sys.argv[1])
+out = {"connected": False, "tls": False}
+try:
+    sock = socket.create_connection((a["host"], a["port"]), timeout=a["timeout"])
+    out["connected"] = True
+    if a.get("tls"):
+        with ssl._create_unverified_context().wrap_socket(sock):
+            out["tls"] = True
+    sock.close()
+except OSError as e:
+    out["error"] = f"{type(e).__name__}: {e}"
+print(json.dumps(out))
 """

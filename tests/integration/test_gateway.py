@@ -12,7 +12,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from mailclient import PASSWORDS, address, imap_messages, message, tls_context, wait_for
+from mailclient import (PASSWORDS, address, forget_pop_before_smtp, imap_messages, message, tls_context,
+                        wait_for)
 from outside import POP3_FROM_OUTSIDE, SMTP_FROM_OUTSIDE, from_inet1, smtp_from_inet1
 
 INSTANCES = ["submit", "pbs", "route", "vscan", "mbox", "std"]
@@ -57,7 +58,7 @@ def test_six_instances_run_from_postmulti_and_pass_postfix_check(lab_host, lab_h
 
 def test_mail_from_the_internet_reaches_the_maildir_through_every_hop(lab, lab_host):
     subject, text = message("alice@example.com")
-    assert smtp_from_inet1(lab, lab_host, "gw1", 25, ["alice@example.com"], text)["ok"]
+    assert smtp_from_inet1(lab, lab_host, "lb1", 25, ["alice@example.com"], text)["ok"]
     [msg] = arrived(lab, "alice@example.com", subject)
     # example.com has virus check by default: std -> route -> vscan -> mbox -> LMTP.
     assert hops(msg) == ["std", "route", "vscan", "mbox", "lmtp"]
@@ -67,7 +68,7 @@ def test_mail_from_the_internet_reaches_the_maildir_through_every_hop(lab, lab_h
 def test_one_message_is_routed_per_recipient_contract(lab, lab_host):
     rcpts = ["alice@example.com", "bob@example.com", "carol@example.org", "dave@example.org"]
     subject, text = message(", ".join(rcpts))
-    assert smtp_from_inet1(lab, lab_host, "gw3", 25, rcpts, text)["ok"]
+    assert smtp_from_inet1(lab, lab_host, "lb1", 25, rcpts, text)["ok"]
     expected = {
         "alice@example.com": True,   # domain default on
         "bob@example.com": False,    # own contract off, domain on
@@ -94,7 +95,7 @@ def test_eicar_is_held_for_a_virus_contract_and_passes_without_one(lab, lab_host
     sender = "alice@example.com"
     held_before = held_for(lab_host, "gw1", "carol@example.org")
     subject, text = eicar_message(["carol@example.org", "dave@example.org"], sender)
-    result = smtp_from_inet1(lab, lab_host, "gw1", 25, ["carol@example.org", "dave@example.org"], text, sender)
+    result = smtp_from_inet1(lab, lab_host, "lb1", 25, ["carol@example.org", "dave@example.org"], text, sender)
     assert result["ok"], result
     # dave has no contract: the message arrives as sent, attachment included.
     [plain] = arrived(lab, "dave@example.org", subject)
@@ -115,7 +116,7 @@ def test_eicar_is_held_for_a_virus_contract_and_passes_without_one(lab, lab_host
 def test_a_forward_to_a_virus_contract_is_scanned_too(lab, lab_host):
     # bob (no contract) forwards to carol (contract) and keeps a copy.
     subject, text = eicar_message(["bob@example.com"], "someone@example.net")
-    assert smtp_from_inet1(lab, lab_host, "gw2", 25, ["bob@example.com"], text)["ok"]
+    assert smtp_from_inet1(lab, lab_host, "lb1", 25, ["bob@example.com"], text)["ok"]
     assert arrived(lab, "bob@example.com", subject)
     # carol's forwarded copy was scanned: held, and her domain's notice came instead.
     [notice] = arrived(lab, "carol@example.org", subject, key="BODY")
@@ -129,7 +130,7 @@ def test_a_forward_to_a_virus_contract_is_scanned_too(lab, lab_host):
 ])
 def test_forwarding_with_and_without_a_copy(lab, lab_host, user, copy_to, keeps_copy):
     subject, text = message(user)
-    assert smtp_from_inet1(lab, lab_host, "gw1", 25, [user], text)["ok"]
+    assert smtp_from_inet1(lab, lab_host, "lb1", 25, [user], text)["ok"]
     assert arrived(lab, copy_to, subject)
     time.sleep(2)
     assert bool(imap_messages(lab, "gw3", user, subject)) is keeps_copy
@@ -166,7 +167,9 @@ def test_submission_relays_for_its_user_only_with_their_own_sender(lab):
 def test_relay_attempts_from_outside_fail(lab, lab_host):
     _, text = message("someone@example.org")
     for port in (25, 2525):
-        result = smtp_from_inet1(lab, lab_host, "gw1", port, ["victim@example.net"], text)
+        # pbs takes only senders in hosted domains: this one is, the recipient is not.
+        sender = "someone@example.net" if port == 25 else "dave@example.org"
+        result = smtp_from_inet1(lab, lab_host, "lb1", port, ["victim@example.net"], text, sender)
         assert not result["ok"]
         code, reply = result["error"]["victim@example.net"]
         assert code == 554 and "Relay access denied" in reply, (port, result)
@@ -184,7 +187,7 @@ def test_smtp_smuggling_does_not_split_a_message(lab, lab_host):
     raw = ["MAIL FROM:<someone@example.net>\r\n", "RCPT TO:<dave@example.org>\r\n", "DATA\r\n",
            f"Subject: outer-{tag}\r\n\r\nfirst\r\n.\nMAIL FROM:<x@example.net>\r\nRCPT TO:<dave@example.org>\r\n"
            f"DATA\r\nSubject: smuggled-{tag}\r\n\r\nsecond\r\n.\r\n"]
-    result = from_inet1(lab_host, SMTP_FROM_OUTSIDE, host=address(lab, "gw1"), port=25, raw=raw)
+    result = from_inet1(lab_host, SMTP_FROM_OUTSIDE, host=address(lab, "lb1"), port=25, raw=raw)
     assert [code for code, _ in result["replies"]] == [250, 250, 354, 250], result
     [outer] = arrived(lab, "dave@example.org", f"outer-{tag}")
     assert f"smuggled-{tag}" in outer.as_string()
@@ -194,21 +197,25 @@ def test_smtp_smuggling_does_not_split_a_message(lab, lab_host):
 def test_pop_before_smtp_across_gateways_and_expiry(lab, lab_host):
     window = int(lab["hosts"]["gw1"].get("pop_before_smtp_window", 30))
     user = "dave@example.org"
+    inet1 = address(lab, "inet1")
     subject, text = message(user, sender="dave@example.org")
+    forget_pop_before_smtp(lab, lab_host, inet1)  # earlier tests logged in from inet1
     # Not logged in yet (or expired): relaying is refused.
-    refused = smtp_from_inet1(lab, lab_host, "gw2", 2525, [user], text, "dave@example.org")
+    refused = smtp_from_inet1(lab, lab_host, "lb1", 2525, [user], text, "dave@example.org")
     assert "Relay access denied" in json.dumps(refused), refused
-    # A POP3 login through gw1 authorizes inet1's address on every gateway.
-    from_inet1(lab_host, POP3_FROM_OUTSIDE, host=address(lab, "gw1"), user=user, password=PASSWORDS[user])
+    # A POP3 login (the LB's POP pool) authorizes inet1's address on every gateway, so
+    # pbs on any gateway of the SMTP pool relays for it.
+    from_inet1(lab_host, POP3_FROM_OUTSIDE, host=address(lab, "lb1"), user=user, password=PASSWORDS[user])
     started = time.time()
-    for gateway in ("gw2", "gw3"):
-        result = smtp_from_inet1(lab, lab_host, gateway, 2525, [user], text, "dave@example.org")
-        assert result["ok"], (gateway, result)
+    for gateway in lab["groups"]["gateway"]:
+        assert wait_for(lambda g=gateway: pbs_stored(lab, lab_host, g, inet1), 10), gateway
+    result = smtp_from_inet1(lab, lab_host, "lb1", 2525, [user], text, "dave@example.org")
+    assert result["ok"], result
     msgs = arrived(lab, user, subject)
     assert msgs and "pbs" in hops(msgs[0])
     # After the window the same client is refused again.
     time.sleep(max(0, window + 2 - (time.time() - started)))
-    expired = smtp_from_inet1(lab, lab_host, "gw2", 2525, [user], text, "dave@example.org")
+    expired = smtp_from_inet1(lab, lab_host, "lb1", 2525, [user], text, "dave@example.org")
     assert "Relay access denied" in json.dumps(expired), expired
 
 
@@ -218,17 +225,17 @@ def test_operator_keyword_filters_tag_discard_and_hold(lab, lab_host):
     # example.org tags 未承諾広告 (the subject is RFC 2047 encoded, as Japanese mail is).
     encoded = Header("【未承諾広告】", "utf-8").encode()
     _, text = message("carol@example.org", subject=f"{encoded} tagged-{tag}")
-    assert smtp_from_inet1(lab, lab_host, "gw1", 25, ["carol@example.org"], text)["ok"]
+    assert smtp_from_inet1(lab, lab_host, "lb1", 25, ["carol@example.org"], text)["ok"]
     [tagged] = arrived(lab, "carol@example.org", f"tagged-{tag}")
     assert "未承諾広告" in tagged["X-ISPmail-Filter"]
     # example.com discards one subject and holds one mailer.
     _, text = message("alice@example.com", subject=f"WIN A FREE PRIZE discarded-{tag}")
-    assert smtp_from_inet1(lab, lab_host, "gw1", 25, ["alice@example.com"], text)["ok"]
+    assert smtp_from_inet1(lab, lab_host, "lb1", 25, ["alice@example.com"], text)["ok"]
     _, text = message("alice@example.com", subject=f"held-{tag}", extra_headers="X-Mailer: BulkMailer 3\r\n")
-    assert smtp_from_inet1(lab, lab_host, "gw1", 25, ["alice@example.com"], text)["ok"]
+    assert smtp_from_inet1(lab, lab_host, "lb1", 25, ["alice@example.com"], text)["ok"]
     # A message sent after both arrives, so the two had their chance.
     after, text = message("alice@example.com")
-    assert smtp_from_inet1(lab, lab_host, "gw1", 25, ["alice@example.com"], text)["ok"]
+    assert smtp_from_inet1(lab, lab_host, "lb1", 25, ["alice@example.com"], text)["ok"]
     assert arrived(lab, "alice@example.com", after)
     time.sleep(2)
     assert not imap_messages(lab, "gw2", "alice@example.com", f"discarded-{tag}")
@@ -252,6 +259,19 @@ except OSError as e:
     ("gw1", 10587, "lb1", "inet1"),
     ("gw2", 11211, "mbox1", "inet1"),  # the POP-before-SMTP store has no authentication
     ("mbox1", 24, "gw3", "inet1"),     # LMTP only from the gateways
+    ("gw1", 25, "spam1", "inet1"),     # std skips the spam check: only the spamcheck tier
+    ("gw2", 25, "gw3", "lb1"),
+    ("mbox1", 143, "gw1", "inet1"),    # mailbox logins only through the gateways' relay
+    ("mbox2", 110, "gw2", "inet1"),
+    ("mbox1", 993, "gw3", "web1"),
+    ("mbox2", 995, "gw1", "inet1"),
+    ("mbox1", 4190, "gw2", "inet1"),
+    ("gw1", 587, "gw2", "inet1"),      # subscribers submit and read through the LB only
+    ("gw2", 465, "gw3", "web1"),
+    ("gw3", 2525, "gw1", "inet1"),
+    ("gw2", 143, "gw1", "inet1"),
+    ("gw3", 995, "gw2", "web1"),
+    ("gw1", 4190, "gw3", "inet1"),
 ])
 def test_ports_only_their_clients_reach(lab, lab_host, target, port, allowed, blocked):
     def reach(source):
@@ -287,3 +307,72 @@ def test_outbound_mail_is_scanned_by_the_senders_contract(lab, lab_host):
     assert notice["Subject"] == "ウイルス検出のお知らせ"
     sent = gateway.check_output("journalctl --no-pager --since -2min -t ispmail-virus-notice")
     assert "notice sent to carol@example.org" in sent and "friend@example.net" not in sent
+
+
+VERDICT = "X-Spam: Yes\r\nX-Spam-Score: 99\r\n"
+
+
+def test_a_subscriber_cannot_forge_the_spam_verdict_by_submission(lab):
+    # Without the submit instance's header_checks the forged verdict reaches the
+    # mailbox servers' Sieve and files the message into dave's Junk.
+    user, rcpt = "alice@example.com", "dave@example.org"
+    subject, text = message(rcpt, sender=user, extra_headers=VERDICT)
+    with smtplib.SMTP(address(lab, "lb1"), 587, timeout=30) as smtp:
+        smtp.starttls(context=tls_context(lab))
+        smtp.login(user, PASSWORDS[user])
+        assert smtp.sendmail(user, [rcpt], text.encode()) == {}
+    [msg] = arrived(lab, rcpt, subject, gateway="lb1")
+    assert msg.get_all("X-Spam-Score") is None
+    assert "Yes" not in (msg.get_all("X-Spam") or [])
+    assert not imap_messages(lab, "lb1", rcpt, subject, folder="Junk")
+
+
+def test_a_subscriber_cannot_forge_the_spam_verdict_by_pop_before_smtp(lab, lab_host):
+    user, rcpt = "dave@example.org", "carol@example.org"
+    subject, text = message(rcpt, sender=user, extra_headers=VERDICT)
+    from_inet1(lab_host, POP3_FROM_OUTSIDE, host=address(lab, "lb1"), user=user, password=PASSWORDS[user])
+    assert smtp_from_inet1(lab, lab_host, "lb1", 2525, [rcpt], text, user)["ok"]
+    [msg] = arrived(lab, rcpt, subject, gateway="lb1")
+    assert msg.get_all("X-Spam-Score") is None
+    assert "Yes" not in (msg.get_all("X-Spam") or [])
+    assert not imap_messages(lab, "lb1", rcpt, subject, folder="Junk")
+
+
+MEMCACHED_GET = r"""
+import json, socket, sys
+a = json.loads(sys.argv[1])
+with socket.create_connection(("127.0.0.1", a["port"]), timeout=5) as s:
+    s.sendall(f"get pbs:{a['ip']}\r\n".encode())
+    reply = b""
+    while not reply.endswith(b"END\r\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+print(json.dumps({"stored": reply.startswith(b"VALUE")}))
+"""
+
+
+def pbs_stored(lab, lab_host, gateway, ip):
+    """Whether a gateway's store authorizes ip for POP before SMTP."""
+    args = json.dumps({"port": lab["platform_pop_before_smtp_port"], "ip": ip})
+    out = lab_host(gateway).check_output(f"python3 -c {shlex.quote(MEMCACHED_GET)} {shlex.quote(args)}")
+    return json.loads(out)["stored"]
+
+
+def test_webmail_logins_never_authorise_the_webmail_host_for_pop_before_smtp(lab, lab_host):
+    # Roundcube logs in for its users from web1 through the load balancer; recorded,
+    # web1's address would be allowed to relay through pbs by anyone on it.
+    user = "dave@example.org"
+    login = ("import imaplib, ssl, sys\n"
+             "imap = imaplib.IMAP4(sys.argv[1], 143, timeout=30)\n"
+             "imap.starttls(ssl_context=ssl._create_unverified_context())\n"
+             "imap.login(sys.argv[2], sys.argv[3])\nimap.logout()\n")
+    lab_host("web1").check_output(
+        f"python3 -c {shlex.quote(login)} {address(lab, 'lb1')} {user} {shlex.quote(PASSWORDS[user])}")
+    inet1 = address(lab, "inet1")
+    from_inet1(lab_host, POP3_FROM_OUTSIDE, host=address(lab, "lb1"), user=user, password=PASSWORDS[user])
+    for gateway in lab["groups"]["gateway"]:
+        # inet1's login a moment later was recorded: the recorder works, web1 is skipped.
+        assert wait_for(lambda g=gateway: pbs_stored(lab, lab_host, g, inet1), 10), gateway
+        assert not pbs_stored(lab, lab_host, gateway, address(lab, "web1")), gateway

@@ -1,22 +1,26 @@
 """The load balancer: protocol checks, the gateway pool split, rebalancing without
-dropping sessions, and a failed gateway leaving the pool."""
+dropping sessions, a failed gateway leaving the pool, and who may see the stats page."""
 
 import base64
 import csv
+import http.client
 import io
+import ipaddress
 import os
 import poplib
 import smtplib
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from mailclient import PASSWORDS, address, imap_messages, message, tls_context, wait_for
-from outside import IMAP_FROM_OUTSIDE, POP3_FROM_OUTSIDE, from_inet1, smtp_from_inet1
+from mailclient import PASSWORDS, address, forget_pop_before_smtp, imap_messages, message, tls_context, wait_for
+from outside import CONNECT, IMAP_FROM_OUTSIDE, POP3_FROM_OUTSIDE, from_inet1, python_in, smtp_from_inet1
 
 ROOT = Path(__file__).resolve().parents[2]
 STATS_AUTH = ("ispmail", "lab-stats-secret")  # inventories/lab/group_vars/lb.yml
@@ -24,12 +28,26 @@ SMTP_BACKENDS = ["submission", "submissions", "pop_before_smtp"]
 POP_BACKENDS = ["pop3", "pop3s", "imap", "imaps", "sieve"]
 
 
+def stats_port(lab):
+    return lab["hosts"]["lb1"]["platform_lb_stats_port"]
+
+
+def stats_page(lab, path="/", auth=STATS_AUTH, scheme="https"):
+    """The stats page from here (the lab host, the lab's operator address), over TLS."""
+    request = urllib.request.Request(f"{scheme}://{address(lab, 'lb1')}:{stats_port(lab)}{path}")
+    if auth:
+        token = base64.b64encode(":".join(auth).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return urllib.request.urlopen(request, timeout=10, context=tls_context(lab) if scheme == "https" else None)
+
+
+def is_operator(lab, ip):
+    return any(ipaddress.ip_address(ip) in ipaddress.ip_network(net) for net in lab["platform_operator_networks"])
+
+
 def stats(lab):
     """{backend: {server: status}} from the stats page (CSV export)."""
-    request = urllib.request.Request(f"http://{address(lab, 'lb1')}:8404/;csv")
-    token = base64.b64encode(":".join(STATS_AUTH).encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with stats_page(lab, "/;csv") as response:
         text = response.read().decode().lstrip("# ")
     result = {}
     for row in csv.DictReader(io.StringIO(text)):
@@ -72,11 +90,53 @@ def test_every_service_is_checked_and_up(lab, lab_host):
         assert serving(lab, backend) == ["gw3"], state[backend]
 
 
+def test_stats_page_serves_the_operators_over_tls(lab):
+    lb = address(lab, "lb1")
+    # The tests run on the lab host; its address towards the lab is the operators' one.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((lb, 9))
+        source = probe.getsockname()[0]
+    assert is_operator(lab, source), (source, lab["platform_operator_networks"])
+    for auth in (None, (STATS_AUTH[0], "wrong-password")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            stats_page(lab, auth=auth)
+        assert refused.value.code == 401, auth
+    with stats_page(lab) as response:
+        assert response.status == 200
+        assert "Statistics Report" in response.read().decode()
+    # Not in clear: a plain HTTP request meets the TLS listener and gets no page.
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, OSError)):
+        stats_page(lab, scheme="http").read()
+
+
+def test_stats_page_is_dropped_for_the_outside(lab, lab_host):
+    # inet1 reaches the load balancer's service address (in the lab, its node_address)...
+    lb = address(lab, "lb1")
+    assert not is_operator(lab, address(lab, "inet1"))
+    assert from_inet1(lab_host, CONNECT, host=lb, port=25, timeout=5)["connected"]
+    # ...but not the stats port: port_acl drops the SYN, so the connection times out
+    # (HAProxy's own rule would accept it, then close it).
+    result = from_inet1(lab_host, CONNECT, host=lb, port=stats_port(lab), timeout=5, tls=True)
+    assert not result["connected"] and result["error"].startswith("TimeoutError"), result
+
+
+def test_haproxy_itself_rejects_the_others(lab, lab_host):
+    # From lb1 itself, loopback passes the nftables rule (port_acl always lets lo in): the
+    # connection reaches HAProxy from lb1's address, not an operator's, and HAProxy closes
+    # it before any TLS.
+    lb = address(lab, "lb1")
+    assert not is_operator(lab, lb)
+    result = python_in(lab_host, "lb1", CONNECT, host=lb, port=stats_port(lab), timeout=10, tls=True)
+    assert result["connected"] and not result["tls"], result
+
+
 def test_pop_before_smtp_through_the_load_balancer(lab, lab_host):
     # The load balancer passes inet1's address to the relay (POP pool) and to pbs (SMTP
     # pool) alike, so a POP login authorizes the same client for relaying.
     user = "dave@example.org"
     _, text = message(user, sender=user)
+    # Earlier tests may have authorised inet1 within the window.
+    forget_pop_before_smtp(lab, lab_host, address(lab, "inet1"))
     refused = smtp_from_inet1(lab, lab_host, "lb1", 2525, [user], text, user)
     assert "Relay access denied" in str(refused), refused
     from_inet1(lab_host, POP3_FROM_OUTSIDE, host=address(lab, "lb1"), user=user, password=PASSWORDS[user])

@@ -3,13 +3,15 @@ over IMAP and POP3 through the gateways' relay, quota, keyword filters, ManageSi
 one server per user, and moving a user."""
 
 import re
+import shlex
 import smtplib
 import subprocess
 import time
 
 import pytest
 
-from mailclient import PASSWORDS, ManageSieve, imap_find, imap_login, lmtp_deliver, message, pop3_retrieve_all
+from mailclient import (PASSWORDS, ManageSieve, address, imap_find, imap_login, lmtp_deliver, message,
+                        pop3_retrieve_all, tls_context, wait_for)
 
 
 def user_attribute(lab_host, user, attribute):
@@ -156,7 +158,7 @@ if greeting.startswith("* OK"):
     import ssl
     s.sendall(b"s STARTTLS\r\n")
     f.readline()
-    t = ssl.create_default_context(cafile="/etc/ssl/ispmail/ca.crt").wrap_socket(s, server_hostname="{gateway}")
+    t = ssl.create_default_context(cafile="{ca}").wrap_socket(s, server_hostname="{gateway}")
     t.sendall(b"a LOGIN {user} {password}\r\n")
     print(t.makefile("rb").readline().decode().strip())
 '''
@@ -166,6 +168,7 @@ if greeting.startswith("* OK"):
 def test_proxy_protocol_is_trusted_only_from_the_load_balancer(lab, lab_host, sender, trusted):
     user = "alice@example.com"
     script = PROXY_LOGIN.format(client="192.0.2.77", gateway=lab["hosts"]["gw1"]["node_address"],
+                                ca=lab["platform_ca_certificate"],
                                 user=user, password=PASSWORDS[user])
     result = lab_host(sender).run(f"python3 -c '{script}'")
     if trusted:
@@ -177,3 +180,49 @@ def test_proxy_protocol_is_trusted_only_from_the_load_balancer(lab, lab_host, se
         # An untrusted PROXY header makes Dovecot drop the connection before its greeting.
         assert result.rc == 0 and "greeting: " in result.stdout, result.stderr
         assert "greeting: * OK" not in result.stdout, result.stdout
+
+
+IMAP_LOGIN = ("import imaplib, ssl, sys\n"
+              "imap = imaplib.IMAP4(sys.argv[1], 143, timeout=30)\n"
+              "imap.starttls(ssl.create_default_context(cafile=sys.argv[4]))\n"
+              "try:\n    imap.login(sys.argv[2], sys.argv[3])\n    print('OK')\n"
+              "except imaplib.IMAP4.error as exc:\n    print('NO', exc)\n")
+
+
+def test_a_mailbox_server_refuses_a_user_pinned_to_another(lab, lab_host):
+    # Two servers serving one Maildir corrupt it (decision 0002): even a login from a
+    # gateway (the only hosts that reach these ports) is refused by the wrong server.
+    user = "alice@example.com"
+    home = mailbox_host(lab_host, user)
+    other = next(name for name in lab["groups"]["mailbox"] if name != home)
+
+    def login(server):
+        return lab_host("gw1").check_output(
+            f"python3 -c {shlex.quote(IMAP_LOGIN)} {address(lab, server)} {user} {shlex.quote(PASSWORDS[user])} "
+            f"{lab['platform_ca_certificate']}")
+    assert login(home).startswith("OK")
+    assert login(other).startswith("NO")
+
+
+def test_the_relay_and_lmtp_reach_the_mailbox_server_over_verified_tls(lab, lab_host):
+    # The relay passes the user's password on, and LMTP carries the mail: neither may
+    # cross the network in clear text.
+    user = "carol@example.org"
+    home = lab_host(mailbox_host(lab_host, user))
+    since = home.check_output("date +%s")
+    subject, text = message(user)
+    with smtplib.SMTP(address(lab, "lb1"), 587, timeout=30) as smtp:
+        smtp.starttls(context=tls_context(lab))
+        smtp.login("alice@example.com", PASSWORDS["alice@example.com"])
+        smtp.sendmail("alice@example.com", [user], text.encode())
+    imap = imap_login(lab, "lb1", user, PASSWORDS[user])
+    try:
+        assert wait_for(lambda: imap_find(imap, "INBOX", subject), 30)
+    finally:
+        imap.logout()
+    logins = home.check_output(f"journalctl --no-pager --since=@{since} -t dovecot "
+                               f"| grep 'imap-login: Login: user=<{user}>'")
+    assert logins and all(", TLS," in line for line in logins.splitlines()), logins
+    lmtp = "\n".join(lab_host(gateway).run(f"journalctl --no-pager --since=@{since} -t postfix-mbox/lmtp").stdout
+                     for gateway in lab["groups"]["gateway"])
+    assert re.search(r"Verified TLS connection established to mbox\d", lmtp), lmtp[-2000:]

@@ -3,16 +3,15 @@
 The session fixture builds cn=config with slapadd (core, cosine, inetOrgPerson and the
 project schema), one mdb database for dc=ispmail,dc=test and a second one that behaves as
 a read-only replica (syncrepl consumer with an update referral), then runs slapd in the
-foreground on a free 127.0.0.1 port and on a private ldapi socket.
+foreground on a free 127.0.0.1 port and on a private ldapi socket. The helpers for
+running slapd, and the replicated layout, are in slapd_servers.py.
 """
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +29,7 @@ if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
 
 sys.path.insert(0, str(ROOT / "tests"))
 from module_runner import module_runner  # noqa: E402
+from slapd_servers import CONFIG_HEAD_LDIF, free_port, slapadd, wait_until_answering  # noqa: E402
 
 SLAPD = "/usr/sbin/slapd"
 BASE_DN = "dc=ispmail,dc=test"
@@ -38,49 +38,7 @@ ROOT_DN = f"cn=admin,{BASE_DN}"
 ROOT_PW = "test-root-secret"
 PROVIDER_REFERRAL = "ldap://provider.invalid/"
 
-CONFIG_LDIF = """\
-dn: cn=config
-objectClass: olcGlobal
-cn: config
-olcPidFile: {tmp}/slapd.pid
-
-dn: cn=module{{0}},cn=config
-objectClass: olcModuleList
-cn: module{{0}}
-olcModulePath: /usr/lib/ldap
-olcModuleLoad: back_mdb
-
-dn: cn=schema,cn=config
-objectClass: olcSchemaConfig
-cn: schema
-
-include: file:///etc/ldap/schema/core.ldif
-
-include: file:///etc/ldap/schema/cosine.ldif
-
-include: file:///etc/ldap/schema/inetorgperson.ldif
-
-include: file://{schema}
-
-dn: olcDatabase={{-1}}frontend,cn=config
-objectClass: olcDatabaseConfig
-objectClass: olcFrontendConfig
-olcDatabase: {{-1}}frontend
-
-dn: olcDatabase={{0}}config,cn=config
-objectClass: olcDatabaseConfig
-olcDatabase: {{0}}config
-olcAccess: {{0}}to * by dn.exact={peercred} manage by * none
-
-dn: olcDatabase={{1}}mdb,cn=config
-objectClass: olcDatabaseConfig
-objectClass: olcMdbConfig
-olcDatabase: {{1}}mdb
-olcSuffix: {base_dn}
-olcDbDirectory: {tmp}/db
-olcDbMaxSize: 1073741824
-olcRootDN: {root_dn}
-olcRootPW: {root_pw}
+CONFIG_LDIF = CONFIG_HEAD_LDIF + """\
 olcDbIndex: objectClass eq
 olcDbIndex: mail eq
 olcDbIndex: ispmailDomainName eq
@@ -124,30 +82,6 @@ ispmailDomainName: replica.test
 """
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def slapadd(args, ldif):
-    done = subprocess.run(["/usr/sbin/slapadd", *args], input=ldif, text=True, capture_output=True)
-    if done.returncode:
-        raise RuntimeError(f"slapadd {' '.join(args)} failed: {done.stderr}")
-
-
-def wait_until_answering(proc, uri, log):
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"slapd exited with {proc.returncode}: {log.read_text()}")
-        answer = subprocess.run(["ldapwhoami", "-x", "-H", uri], capture_output=True)
-        if answer.returncode == 0:
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"slapd did not answer on {uri}: {log.read_text()}")
-
-
 @contextmanager
 def private_slapd(tmp):
     """Build and run a slapd in the empty directory tmp; yields its URIs and credentials."""
@@ -155,7 +89,7 @@ def private_slapd(tmp):
         (tmp / folder).mkdir()
     peercred = f"gidNumber={os.getgid()}+uidNumber={os.getuid()},cn=peercred,cn=external,cn=auth"
     config = CONFIG_LDIF.format(
-        tmp=tmp, schema=ROOT / "roles/ldap/files/ispmail.ldif", peercred=peercred, base_dn=BASE_DN,
+        global_settings="", modules="olcModuleLoad: back_mdb\n", max_size=1073741824, tmp=tmp, schema=ROOT / "roles/ldap/files/ispmail.ldif", peercred=peercred, base_dn=BASE_DN,
         replica_base_dn=REPLICA_BASE_DN, root_dn=ROOT_DN, root_pw=ROOT_PW, referral=PROVIDER_REFERRAL)
     slapadd(["-n0", "-F", str(tmp / "slapd.d")], config)
     slapadd(["-F", str(tmp / "slapd.d"), "-b", BASE_DN], BASE_LDIF.format(base_dn=BASE_DN, dc="ispmail"))

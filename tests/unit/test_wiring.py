@@ -94,6 +94,15 @@ def test_playbooks_wire_no_role_variable():
     assert not found, "set these in the role's defaults (fed by role platform) instead:\n" + "\n".join(found)
 
 
+def test_play_vars_are_derived_only():
+    """A play's vars beat inventory: only internal (__) names, derived from inventory, live there."""
+    found = [f"{path.relative_to(ROOT)}: play '{play.get('name')}' sets {name}"
+             for path in sorted(ROOT.glob("playbooks/**/*.yml")) for play in _plays(path)
+             for name in play.get("vars") or {} if not name.startswith("__")]
+    assert not found, ("an inventory value of these would be ignored; read the inventory's name with a default, "
+                       "or name a derived value __*:\n" + "\n".join(found))
+
+
 def test_every_play_lists_role_platform_first():
     """Role platform carries the shared names; a play without it cannot render them."""
     missing = []
