@@ -65,15 +65,24 @@ def _secret_strings(name, value, secret=False):
             yield name, value
 
 
+def _from_fact_cache(value):
+    """True for a value read back from the fact cache (ansible-inventory marks it unsafe)."""
+    if isinstance(value, dict):
+        return "__ansible_unsafe" in value or any(_from_fact_cache(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_from_fact_cache(item) for item in value)
+    return False
+
+
 def lab_secrets():
     """{secret value: the variable it came from} of the lab, as the playbooks resolve it."""
     found = {}
     inventory = _run([str(BIN / "ansible-inventory"), "-i", "inventories/lab", "--list"], check=True)
     for hostvars in json.loads(inventory.stdout)["_meta"]["hostvars"].values():
-        # Cached facts are not inventory: a service named *password* is no secret.
-        facts = set(hostvars.get("ansible_facts", {}))
+        # Cached facts are not inventory (a service named *password* is no secret): the
+        # fact cache gives them back marked unsafe, which inventory values never are.
         for name, value in hostvars.items():
-            if name.startswith("ansible_") or name in facts:
+            if name.startswith("ansible_") or _from_fact_cache(value):
                 continue
             found.update((v, n) for n, v in _secret_strings(name, value))
     # Role defaults derived from the inventory (mailbox_ldap_bind_password, ...).
