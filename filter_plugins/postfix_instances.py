@@ -104,6 +104,23 @@ def postfix_instance_settings(instances, common, *layers):
     return result
 
 
+def _queue_directory(name):
+    """An instance's queue directory (postmulti's own choice for postfix-<name>)."""
+    return f"/var/spool/postfix-{name}" if name else "/var/spool/postfix"
+
+
+def postfix_instance_units(instances):
+    """The systemd units of the default instance and every other, for role service_restart.
+
+    Debian's postfix@.service forks (postmulti starts the master) and knows no main
+    process; the master's PID file in the instance's queue directory names it, so
+    systemd sees the master die and restarts the instance.
+    """
+    _check_instances(instances)
+    return [{"unit": f"postfix@{f'postfix-{name}' if name else '-'}", "restart": "on-failure",
+             "pid_file": f"{_queue_directory(name)}/pid/master.pid"} for name in [""] + list(instances)]
+
+
 def postfix_instance_identity(instances, group, log_names=True):
     """The settings postmulti fixes for each instance, as a layer {name: {...}}.
 
@@ -120,7 +137,7 @@ def postfix_instance_identity(instances, group, log_names=True):
             "multi_instance_name": f"postfix-{name}",
             "multi_instance_group": group,
             "multi_instance_enable": True,
-            "queue_directory": f"/var/spool/postfix-{name}",
+            "queue_directory": _queue_directory(name),
             "data_directory": f"/var/lib/postfix-{name}",
         }
         if log_names:
@@ -327,6 +344,7 @@ class FilterModule:
         return {
             "postfix_instance_settings": postfix_instance_settings,
             "postfix_instance_identity": postfix_instance_identity,
+            "postfix_instance_units": postfix_instance_units,
             "postfix_instance_services": postfix_instance_services,
             "postfix_main_settings": postfix_main_settings,
             "postfix_master_line": postfix_master_line,

@@ -292,3 +292,13 @@ def test_spamcheck_defines_edge_and_scan_and_every_lookup_they_use():
     tables = [table["path"] for table in data["__spamcheck_tables"]]
     main = yaml.safe_dump(instances["edge"]["main"])
     assert all(path in main for path in tables), "edge names every table spamcheck writes"
+
+
+def test_spamcheck_edge_refuses_helos_that_are_no_host_names():
+    # The HELO goes into the Received header the spam milter reads (issue 16).
+    edge = yaml.safe_load((ROLES / "spamcheck" / "vars" / "main.yml").read_text())["__spamcheck_instances"]["edge"]
+    helo = edge["main"]["smtpd_helo_restrictions"]
+    assert edge["main"]["smtpd_helo_required"] is True
+    assert helo[0] == "permit_mynetworks", "the gateways and local mail are never refused"
+    assert {"reject_invalid_helo_hostname", "reject_non_fqdn_helo_hostname"} <= set(helo)
+    assert "reject_unknown_helo_hostname" not in helo, "real servers often lack DNS for their HELO"
