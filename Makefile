@@ -62,7 +62,8 @@ unit: venv ## Unit tests; the LDAP modules against a private slapd, lb_pool_rati
 	pytest -q tests/unit tests/slapd tests/haproxy
 
 molecule: venv ## Create CI's own lab from the lab inventory, converge twice, verify, destroy
-	env $(CI_LAB_ENV) molecule test
+	rm -f .cache/molecule-verify.xml
+	env $(CI_LAB_ENV) molecule test || { python3 tests/failed_tests.py .cache/molecule-verify.xml; exit 1; }
 
 docs: venv ## Regenerate the role variable tables in docs/roles from meta/argument_specs.yml
 	python3 tests/role_docs.py --write

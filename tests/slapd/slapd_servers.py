@@ -213,7 +213,7 @@ def syncrepl(rid, uri, index=0, delta=False):
     """An olcSyncrepl value as the role writes it, minus StartTLS (the tests speak plain LDAP)."""
     return (f'{{{index}}}rid={rid:03d} provider={uri} bindmethod=simple binddn="{REPLICATOR_DN}" '
             f'credentials={REPLICATOR_PW} searchbase="{BASE_DN}" type=refreshAndPersist '
-            'retry="5 10 60 +" timeout=4' + (f" {DELTA_SYNCREPL}" if delta else ""))
+            'retry="5 10 60 +" network-timeout=5 timeout=4 keepalive=60:5:10' + (f" {DELTA_SYNCREPL}" if delta else ""))
 
 
 class Slapd:
