@@ -1,8 +1,10 @@
 """Roundcube through lb1:443 in a real browser (headless Chromium): log in, read mail the
-platform delivered, send mail, make a Sieve filter that then acts, a wrong password.
+platform delivered, send mail, make a Sieve filter that then acts, set an out-of-office
+reply that reaches the outside once, a wrong password.
 Desktop and phone screenshots are kept in artifacts/webmail/."""
 
 import socket
+import time
 import uuid
 
 import pytest
@@ -10,8 +12,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from browser import Webmail, browser_home, start
-from mailclient import PASSWORDS, address, imap_login, imap_messages, message, tls_context, wait_for
+from mailclient import PASSWORDS, ManageSieve, address, imap_login, imap_messages, message, tls_context, wait_for
 from outside import smtp_from_inet1
+from test_spamcheck import at_inet1
 
 USER = "dave@example.org"
 
@@ -46,9 +49,9 @@ def phone(lab, home, service_name):
     webmail.driver.quit()
 
 
-def inbound(lab, lab_host, user, subject=None):
-    subject, text = message(user, subject=subject, sender="friend@example.net", body="Sent from inet1.\r\n")
-    assert smtp_from_inet1(lab, lab_host, "lb1", 25, [user], text, "friend@example.net")["ok"]
+def inbound(lab, lab_host, user, subject=None, sender="friend@example.net"):
+    subject, text = message(user, subject=subject, sender=sender, body="Sent from inet1.\r\n")
+    assert smtp_from_inet1(lab, lab_host, "lb1", 25, [user], text, sender)["ok"]
     assert wait_for(lambda: imap_messages(lab, "gw2", user, subject), 40), "not delivered"
     return subject
 
@@ -148,3 +151,38 @@ def test_address_book_lists_the_users_own_domain(lab, desktop):
     assert "carol@example.org" in names and "dave@example.org" in names
     assert "example.com" not in names
     desktop.screenshot("contacts-desktop")
+
+
+def test_out_of_office_set_in_webmail_replies_once(lab, lab_host, desktop):
+    """The reply leaves the mailbox server through its null client, a gateway's route
+    instance, std and the spamcheck tier, with the null sender; a second message from the
+    same sender within the period gets none."""
+    user, sender = "carol@example.org", "friend@example.net"
+    token = uuid.uuid4().hex[:8]
+    desktop.login(user, PASSWORDS[user])
+    desktop.logged_in()
+    desktop.open("_task=settings&_action=plugin.managesieve-vacation")
+    desktop.find("#vacation_subject").send_keys(f"Away {token}")
+    desktop.find("#vacation_reason").send_keys("Back next week.")
+    Select(desktop.find("#vacation_status")).select_by_value("on")
+    desktop.driver.find_element(By.XPATH, "//button[normalize-space()='Save']").click()
+    assert "saved" in desktop.alert().lower()
+    desktop.screenshot("vacation-desktop")
+    try:
+        subjects = [inbound(lab, lab_host, user, sender=sender) for _ in range(2)]
+        replies = wait_for(lambda: at_inet1(lab_host, sender, f"Away {token}"), 60)
+        assert replies, "no vacation reply reached inet1 (mailq on the mailbox servers and gateways)"
+        assert all(imap_messages(lab, "gw2", user, subject) for subject in subjects)
+        time.sleep(5)  # the second message was delivered: had it been answered, the reply would be on its way
+        replies = at_inet1(lab_host, sender, f"Away {token}")
+        assert len(replies) == 1, f"{len(replies)} replies to two messages within the vacation period"
+        reply = lab_host("inet1").file(replies[0]).content_string
+        assert "Return-Path: <>" in reply and "Auto-Submitted: auto-replied" in reply
+        assert "(Postfix-route)" in reply, "the reply did not take the gateways' outbound path"
+    finally:
+        sieve = ManageSieve(lab, "gw2")
+        try:
+            sieve.login(user, PASSWORDS[user])
+            sieve.command('SETACTIVE ""')
+        finally:
+            sieve.close()
