@@ -261,6 +261,7 @@ except OSError as e:
     ("mbox1", 24, "gw3", "inet1"),     # LMTP only from the gateways
     ("gw1", 25, "spam1", "inet1"),     # std skips the spam check: only the spamcheck tier
     ("gw2", 25, "gw3", "lb1"),
+    ("gw2", 10031, "mbox2", "spam1"),  # route relays the mailbox servers' own mail: only theirs
     ("mbox1", 143, "gw1", "inet1"),    # mailbox logins only through the gateways' relay
     ("mbox2", 110, "gw2", "inet1"),
     ("mbox1", 993, "gw3", "web1"),

@@ -162,11 +162,13 @@ def test_out_of_office_set_in_webmail_replies_once(lab, lab_host, desktop):
     desktop.login(user, PASSWORDS[user])
     desktop.logged_in()
     desktop.open("_task=settings&_action=plugin.managesieve-vacation")
-    desktop.find("#vacation_subject").send_keys(f"Away {token}")
-    desktop.find("#vacation_reason").send_keys("Back next week.")
+    for field, text in (("#vacation_subject", f"Away {token}"), ("#vacation_reason", "Back next week.")):
+        desktop.find(field).clear()  # the form shows the last rule saved
+        desktop.find(field).send_keys(text)
     Select(desktop.find("#vacation_status")).select_by_value("on")
     desktop.driver.find_element(By.XPATH, "//button[normalize-space()='Save']").click()
-    assert "saved" in desktop.alert().lower()
+    saved = wait_for(lambda: "successfully" in desktop.find("#messagestack").text.lower(), 20)
+    assert saved, f"Roundcube did not save the vacation rule: {desktop.find('#messagestack').text}"
     desktop.screenshot("vacation-desktop")
     try:
         subjects = [inbound(lab, lab_host, user, sender=sender) for _ in range(2)]
@@ -178,6 +180,7 @@ def test_out_of_office_set_in_webmail_replies_once(lab, lab_host, desktop):
         assert len(replies) == 1, f"{len(replies)} replies to two messages within the vacation period"
         reply = lab_host("inet1").file(replies[0]).content_string
         assert "Return-Path: <>" in reply and "Auto-Submitted: auto-replied" in reply
+        assert f"Subject: Away {token}\n" in reply and "Back next week." in reply
         assert "(Postfix-route)" in reply, "the reply did not take the gateways' outbound path"
     finally:
         sieve = ManageSieve(lab, "gw2")
