@@ -7,8 +7,9 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 # slapd, haproxy and memcached are for the unit tests, which run private instances of them
 # (haproxy and keepalived also check the load balancer's rendered configuration);
-# chromium, its driver and certutil for the webmail's browser tests; testssl.sh checks TLS.
-HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils haproxy keepalived \
+# chromium, its driver and certutil for the webmail's browser tests; testssl.sh checks TLS;
+# rsync for the unit tests of the qmail migration's copy tool.
+HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils haproxy keepalived rsync \
 	memcached testssl.sh chromium chromium-driver libnss3-tools
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -42,6 +43,7 @@ lab: venv ## Build the lab containers and deploy the whole platform into them
 	ansible-playbook playbooks/site.yml
 	ansible-playbook playbooks/users.yml
 	ansible-playbook playbooks/lab/internet.yml
+	ansible-playbook playbooks/lab/legacy.yml
 	@$(MAKE) --no-print-directory lab-info
 
 lab-info: venv ## Print the lab's endpoints on 127.0.0.1 as JSON

@@ -75,9 +75,13 @@ options:
     type: dict
     suboptions:
       state:
-        description: Migration phase.
+        description:
+          - Migration phase (C(playbooks/migrate_domain.yml)). V(legacy) and V(syncing) - the legacy
+            host serves the domain and the gateways relay its mail there; V(cutover) - its mail waits
+            in the gateways' queues; V(migrated) - the mailbox servers serve it, a rollback is still
+            possible; V(done) - the legacy host is no longer used.
         type: str
-        choices: [legacy, syncing, cutover, done]
+        choices: [legacy, syncing, cutover, migrated, done]
       legacy_host:
         description: Legacy host that serves or last served the domain.
         type: str
@@ -187,7 +191,7 @@ def domain_options(item):
             action=dict(type="str", required=True),
         )),
         migration=dict(type="dict", options=dict(
-            state=dict(type="str", choices=["legacy", "syncing", "cutover", "done"]),
+            state=dict(type="str", choices=["legacy", "syncing", "cutover", "migrated", "done"]),
             legacy_host=dict(type="str"),
         )),
         state=dict(type="str", choices=["present", "absent"], default=None if item else "present"),

@@ -32,6 +32,14 @@ options:
   password:
     description: Plain-text password; hashed by the module. Leave out to keep the current one.
     type: str
+  password_hash:
+    description:
+      - A password hash carried over from another system, stored as it is (V({CRYPT}$1$...) MD5-crypt,
+        V({CRYPT}xxxxxxxxxxxxx) DES crypt, or SHA-crypt V($5$)/V($6$)); slapd and Dovecot verify it with
+        crypt(3), so the subscriber keeps the old password. Mutually exclusive with O(password); a
+        password set later with O(password) replaces it with the platform's scheme.
+      - Follows O(update_password) like O(password); an unchanged hash reports no change.
+    type: str
   update_password:
     description:
       - V(always) sets O(password) whenever it differs from the stored one (checked against the
@@ -103,6 +111,12 @@ options:
         deterministic for an address.
     type: list
     elements: str
+  repick_mailbox_host:
+    description:
+      - Also give existing users without O(mailbox_host) the pick from O(mailbox_hosts), as for a
+        new user (the cutover of a migrated domain moves its users from the legacy host).
+    type: bool
+    default: false
   enabled:
     description: Whether the account may log in and receive mail. New users are enabled unless set.
     type: bool
@@ -182,7 +196,8 @@ from ansible.module_utils.ispmail_ldap import (
     PASSWORD_CHANGED, PASSWORD_UNCHANGED, USER_FILTER_ACTIONS, Attr, IspmailError, Write, apply_to_attrs, apply_writes,
     attribute_changes, canonical_keyword_filters, connect, dn_of, domain_dn, domains_dn, encode,
     entry_view, equality_filter, find_duplicates, hash_password, merge_item_defaults, parse_quota,
-    password_matches, pick_mailbox_host, run_directory_module, search_subtree, validate_address)
+    password_matches, pick_mailbox_host, run_directory_module, search_subtree, validate_address,
+    validate_crypt_hash)
 
 USER_ATTRS = {
     "address": Attr("mail", "ci"),
@@ -206,6 +221,7 @@ def user_options(item):
     return dict(
         address=dict(type="str", required=item),
         password=dict(type="str", no_log=True),
+        password_hash=dict(type="str", no_log=True),
         update_password=dict(type="str", choices=["always", "on_create"], default=None if item else "always",
                              no_log=False),
         quota=dict(type="raw"),
@@ -232,6 +248,10 @@ def normalise_user(item, field):
     """The validated per-user input with canonical values; field prefixes error messages."""
     user = dict(item)
     user["address"] = validate_address(item["address"], f"{field}address")
+    if item["password"] is not None and item["password_hash"] is not None:
+        raise IspmailError(f"{field}password_hash: give either password or password_hash, not both")
+    if item["password_hash"] is not None:
+        user["password_hash"] = validate_crypt_hash(item["password_hash"], f"{field}password_hash")
     if item["quota"] is not None:
         user["quota"] = parse_quota(item["quota"], f"{field}quota")
     if item["forward_to"] is not None:
@@ -252,7 +272,7 @@ def with_password_marker(view, stored_hash, changed):
     return dict(view, password=PASSWORD_UNCHANGED) if stored_hash else view
 
 
-def plan_user(user, current, domain_dns, mailbox_hosts, field, unset_checks="keep"):
+def plan_user(user, current, domain_dns, mailbox_hosts, field, unset_checks="keep", repick=False):
     """(write or None, dn, before, after) for one user; raises before anything is written."""
     address = user["address"]
     if user["state"] == "absent":
@@ -263,6 +283,7 @@ def plan_user(user, current, domain_dns, mailbox_hosts, field, unset_checks="kee
     desired = {key: user[key] for key in OPTIONAL_SETTINGS if user[key] is not None}
     desired.update({key: user[key] for key in CONTRACTS if user[key] is not None or unset_checks == "domain_default"})
     password = user["password"]
+    password_hash = user["password_hash"]
 
     if current is None:
         local_part, _, domain = address.partition("@")
@@ -279,19 +300,29 @@ def plan_user(user, current, domain_dns, mailbox_hosts, field, unset_checks="kee
         attrs.update(objectClass=["inetOrgPerson", "ispmailUser"], cn=[address], sn=[local_part], uid=[address])
         if password is not None:
             attrs["userPassword"] = [hash_password(password)]
+        elif password_hash is not None:
+            attrs["userPassword"] = [password_hash]
         dn = dn_of(("mail", address), domain_dns[domain])
         after = entry_view(USER_ATTRS, {name.lower(): values for name, values in attrs.items()})
-        return Write("add", dn, attrs), dn, {}, with_password_marker(after, None, password is not None)
+        return Write("add", dn, attrs), dn, {}, with_password_marker(after, None, "userPassword" in attrs)
 
     dn, attrs = current
+    if repick and "mailbox_host" not in desired:
+        if not mailbox_hosts:
+            raise IspmailError(f"{field}mailbox_hosts: needed to pick a mailbox server for {address}")
+        desired["mailbox_host"] = pick_mailbox_host(address, mailbox_hosts)
     stored_hash = (attrs.get("userpassword") or [None])[0]
     changes = attribute_changes(USER_ATTRS, attrs, desired)
     new_password = (password is not None and user["update_password"] == "always"
                     and not password_matches(password, stored_hash))
+    new_hash = password_hash is not None and user["update_password"] == "always" and password_hash != stored_hash
     before = with_password_marker(entry_view(USER_ATTRS, attrs), stored_hash, False)
-    after = with_password_marker(entry_view(USER_ATTRS, apply_to_attrs(attrs, changes)), stored_hash, new_password)
+    after = with_password_marker(entry_view(USER_ATTRS, apply_to_attrs(attrs, changes)), stored_hash,
+                                 new_password or new_hash)
     if new_password:
         changes["userPassword"] = [hash_password(password)]
+    elif new_hash:
+        changes["userPassword"] = [password_hash]
     return (Write("modify", dn, changes) if changes else None), dn, before, after
 
 
@@ -334,7 +365,7 @@ def run(module):
                                      READ_ATTRIBUTES)
         domain_dns, existing = index_entries(entries)
         plans = [plan_user(user, existing.get(user["address"]), domain_dns, params["mailbox_hosts"], field,
-                           params["unset_checks"])
+                           params["unset_checks"], params["repick_mailbox_host"])
                  for user, (_, field) in zip(users, items)]
         writes = [write for write, _, _, _ in plans if write]
         if writes and not module.check_mode:
@@ -361,6 +392,7 @@ def main():
         user_options(False),
         mailbox_hosts=dict(type="list", elements="str"),
         unset_checks=dict(type="str", choices=["keep", "domain_default"], default="keep"),
+        repick_mailbox_host=dict(type="bool", default=False),
         users=dict(type="list", elements="dict", options=user_options(True)),
     )
     run_directory_module(argument_spec, "address", "users", run)

@@ -179,6 +179,20 @@ def password_matches(password, stored):
     return hmac.compare_digest(crypt.crypt(password, hashed), hashed)
 
 
+# Hashes crypt(3) verifies that other systems wrote: MD5-crypt, SHA-crypt, traditional DES.
+CRYPT_HASH = re.compile(r"\$1\$[./0-9A-Za-z]{0,8}\$[./0-9A-Za-z]{22}"
+                        r"|\$[56]\$(rounds=[0-9]+\$)?[./0-9A-Za-z]{0,16}\$[./0-9A-Za-z]{43,86}"
+                        r"|[./0-9A-Za-z]{13}")
+
+
+def validate_crypt_hash(value, field):
+    """'{CRYPT}<hash>' for a crypt(3) hash given with or without the prefix; never echoes it."""
+    hashed = value[7:] if value[:7].upper() == "{CRYPT}" else value
+    if not CRYPT_HASH.fullmatch(hashed):
+        raise IspmailError(f"{field}: not an MD5-crypt ($1$), SHA-crypt ($5$/$6$) or DES crypt hash")
+    return "{CRYPT}" + hashed
+
+
 def pick_mailbox_host(address, hosts):
     """Rendezvous hashing: the same address always gets the same host, and adding a host
     moves only the addresses that the new host wins."""

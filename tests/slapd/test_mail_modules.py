@@ -2,12 +2,14 @@
 
 import json
 import subprocess
+import warnings
 
 import ldap3
 import pytest
 
 import mail_domain
 import mail_user
+from ansible.module_utils.ispmail_ldap import pick_mailbox_host
 
 PASSWORD = "correct horse battery staple"
 
@@ -185,6 +187,46 @@ def test_bulk_validates_everything_before_writing(run_module, ldapi, slapd):
     result = run_module(mail_user, users=users, **ldapi)
     assert result["failed"] and "users[1].quota" in result["msg"]
     assert read_entry(slapd, user_dn(slapd, "ok@atomic.test")) is None
+
+
+def test_imported_crypt_hashes_keep_the_old_passwords(run_module, ldapi, slapd):
+    """qmail/vpopmail hashes (MD5-crypt, DES) are stored as they are and slapd binds with them."""
+    make_domain(run_module, ldapi, "import.test")
+    md5 = crypt_hash("old-md5-pw", "$1$qmailsal$")
+    des = crypt_hash("old-des-pw", "ab")
+    users = [dict(address="md5@import.test", password_hash=md5, mailbox_host="legacy1"),
+             dict(address="des@import.test", password_hash="{CRYPT}" + des, mailbox_host="legacy1")]
+    created = run_module(mail_user, diff=True, users=users, **ldapi)
+    assert created["summary"]["created"] == 2 and md5 not in json.dumps(created) and des not in json.dumps(created)
+    assert read_entry(slapd, user_dn(slapd, "md5@import.test"))["userpassword"] == ["{CRYPT}" + md5]
+    assert binds(slapd, "md5@import.test", "old-md5-pw") and not binds(slapd, "md5@import.test", "old-des-pw")
+    assert binds(slapd, "des@import.test", "old-des-pw")
+    assert run_module(mail_user, users=users, **ldapi)["changed"] is False
+
+    # The cutover: existing users get the pick of the mailbox servers, as new users would.
+    moved = run_module(mail_user, users=[{"address": u["address"]} for u in users], mailbox_hosts=["mbox1", "mbox2"],
+                       repick_mailbox_host=True, **ldapi)
+    assert moved["summary"]["updated"] == 2
+    for user in users:
+        host = read_entry(slapd, user_dn(slapd, user["address"]))["ispmailmailboxhost"]
+        assert host == [pick_mailbox_host(user["address"], ["mbox1", "mbox2"])]
+
+    # A new password later uses the platform's scheme.
+    run_module(mail_user, address="des@import.test", password="brand new", **ldapi)
+    assert read_entry(slapd, user_dn(slapd, "des@import.test"))["userpassword"][0].startswith("{CRYPT}$6$")
+
+    bad = run_module(mail_user, address="bad@import.test", password_hash="{MD5}abc", mailbox_host="x", **ldapi)
+    assert bad["failed"] and "password_hash" in bad["msg"] and "{MD5}abc" not in bad["msg"]
+    both = run_module(mail_user, address="both@import.test", password="x", password_hash=md5,
+                      mailbox_host="x", **ldapi)
+    assert both["failed"] and "either password or password_hash" in both["msg"]
+
+
+def crypt_hash(password, salt):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # pylint: disable=import-outside-toplevel,deprecated-module
+    return crypt.crypt(password, salt)
 
 
 @pytest.mark.parametrize("args, field", [
