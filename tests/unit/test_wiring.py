@@ -17,7 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORIES = ["inventories/lab", "inventories/production"]
-PLAYBOOKS = ["playbooks/site.yml", "playbooks/lab/internet.yml"]
+PLAYBOOKS = ["playbooks/site.yml", "playbooks/lab/internet.yml", "playbooks/lab/legacy.yml"]
 
 
 def _role_variables():
