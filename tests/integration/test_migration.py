@@ -22,8 +22,8 @@ import warnings
 
 import pytest
 
-from mailclient import address, message, tls_context, wait_for
-from outside import smtp_from_inet1
+from mailclient import address, forget_pop_before_smtp, message, tls_context, wait_for
+from outside import POP3_FROM_OUTSIDE, from_inet1, smtp_from_inet1
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="crypt")
 
@@ -249,6 +249,17 @@ def test_prepare_lets_users_in_through_the_platform_with_their_old_passwords(lab
     for user, mid in legacy["sent"].values():
         password = KENJI_PW if user == kenji else YUKI_PW
         assert wait_for(lambda: mid in message_ids(lab, LEGACY, user, password), timeout=60), mid
+
+    # POP before SMTP: a POP3 login from inet1, served by the old system, lets inet1 relay.
+    inet1 = address(lab, "inet1")
+    forget_pop_before_smtp(lab, lab_host, inet1)
+    _, text = message("someone@example.net", sender=kenji)
+    refused = smtp_from_inet1(lab, lab_host, "lb1", 2525, ["someone@example.net"], text, kenji)
+    assert "Relay access denied" in str(refused), refused
+    from_inet1(lab_host, POP3_FROM_OUTSIDE, host=address(lab, "lb1"), user=kenji, password=KENJI_PW)
+    relayed = smtp_from_inet1(lab, lab_host, "lb1", 2525, ["someone@example.net"], text, kenji)
+    forget_pop_before_smtp(lab, lab_host, inet1)
+    assert relayed["ok"], relayed
 
     # Out of order: no cutover before a sync.
     rc, out = migrate(lab, domain, "cutover")

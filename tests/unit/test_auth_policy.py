@@ -6,6 +6,7 @@ policy client talks to them: POST ?command=allow|report with a JSON body.
 """
 
 import json
+import socket
 import time
 import urllib.request
 
@@ -24,7 +25,7 @@ def gateways(tmp_path):
     try:
         yield processes.gateway_pair(tmp_path, "mailbox_proxy/files/ispmail-auth-policy",
                                      f"limit = {LIMIT}\naddress_limit = {ADDRESS_LIMIT}\nwindow = {WINDOW}\n"
-                                     "ignore = 10.9.0.0/24\n")
+                                     "ignore = 10.9.0.0/24\npbs_window = 30\nmailbox_hosts = mbox1 mbox2\n")
     finally:
         processes.stop()
 
@@ -46,6 +47,34 @@ def fail(port, remote, times=1, protocol="imap", login="alice@example.com", refu
     for _ in range(times):
         ask(port, "report", {"login": login, "remote": remote, "protocol": protocol,
                              "success": False, "policy_reject": refused})
+
+
+def pbs(store, client):
+    """The POP-before-SMTP entry of a client in one store, as the pbs instance reads it."""
+    with socket.create_connection(("127.0.0.1", store), timeout=5) as conn:
+        conn.sendall(f"get pbs:{client}\r\n".encode())
+        reply = b""
+        while not reply.endswith(b"END\r\n"):
+            reply += conn.recv(256)
+    return reply.split(b"\r\n")[1].decode() if reply.startswith(b"VALUE") else None
+
+
+def test_logins_proxied_to_a_legacy_host_authorise_pop_before_smtp_everywhere(gateways):
+    (first, _), stores, _ = gateways
+    login = {"login": "kenji@old.example", "success": True, "policy_reject": False}
+    ask(first, "report", dict(login, remote="192.0.2.30", protocol="pop3", mailbox_host="legacy1"))
+    ask(first, "report", dict(login, remote="192.0.2.31", protocol="imap", mailbox_host="legacy1"))
+    assert [pbs(store, "192.0.2.30") for store in stores] == ["OK", "OK"]
+    assert [pbs(store, "192.0.2.31") for store in stores] == ["OK", "OK"]
+    # Not recorded here: logins the platform's mailbox servers serve (they record their
+    # own), failures, SMTP AUTH, and the platform's own hosts (webmail).
+    ask(first, "report", dict(login, remote="192.0.2.32", protocol="imap", mailbox_host="mbox2"))
+    ask(first, "report", dict(login, remote="192.0.2.33", protocol="pop3", mailbox_host="legacy1", success=False))
+    ask(first, "report", dict(login, remote="192.0.2.34", protocol="smtp", mailbox_host="legacy1"))
+    ask(first, "report", dict(login, remote=WEBMAIL, protocol="imap", mailbox_host="legacy1"))
+    ask(first, "report", dict(login, remote="192.0.2.35", protocol="imap"))
+    for client in ("192.0.2.32", "192.0.2.33", "192.0.2.34", WEBMAIL, "192.0.2.35"):
+        assert [pbs(store, client) for store in stores] == [None, None], client
 
 
 def test_failures_on_one_gateway_refuse_the_address_on_every_gateway(gateways):

@@ -85,6 +85,25 @@ def add_everywhere(stores, keys, amount, ttl, slide):
         thread.join(TIMEOUT * 4)
 
 
+def put(store, key, text, ttl):
+    """Set key to text with ttl as expiry in one store; False when it did not answer."""
+    try:
+        reply = exchange(store, [f"set {key} 0 {ttl} {len(text.encode())}", text], lambda data: b"\r\n" in data)
+    except OSError as exc:
+        syslog.syslog(syslog.LOG_WARNING, f"memcached {store[0]}:{store[1]}: {exc}")
+        return False
+    return reply[:1] == ["STORED"]
+
+
+def put_everywhere(stores, key, text, ttl):
+    """put() in every store at once; waits at most a few timeouts."""
+    threads = [threading.Thread(target=put, args=(store, key, text, ttl)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT * 4)
+
+
 def value(store, key):
     """The count under key in one store: 0 when there is none, None when the store is down."""
     try:
