@@ -193,6 +193,21 @@ def test_mirror_again_changes_nothing_and_follows_deletions(env):
     assert not (env.local / ".Work.Projects").exists()  # even with the uidlist the tool wrote
 
 
+def test_mirror_takes_users_in_vpopmails_hashed_dirs_beside_the_others(env):
+    """vpopmail puts users of big domains in <domain>/0/<user>: mirrored one by one, the
+    others in one run; each lands in <store>/<domain>/<user>/Maildir either way."""
+    domain = env.source / "example.org"
+    with open(domain / "vpasswd", "a") as vpasswd:
+        vpasswd.write(vpasswd_line("zed", MD5, "NOQUOTA").replace("/example.org/zed", "/example.org/0/zed"))
+    write(maildir(domain / "0/zed/Maildir") / "cur" / f"{M1}:2,S", "zed's", 1_700_000_001)
+    out, _ = env("mirror", "example.org", "alice", "zed", "bob")
+    assert [user["address"] for user in out["users"]] == ["alice@example.org", "zed@example.org", "bob@example.org"]
+    assert [user["messages"] for user in out["users"]] == [5, 1, 0]
+    assert files(env.store / "example.org/zed/Maildir") == [f"{M1}:2,S"]
+    again, _ = env("mirror", "example.org", "alice", "zed", "bob")
+    assert again["changed"] is False
+
+
 def test_mirror_keeps_its_own_uids_when_courier_has_none(env):
     (env.alice / ".Work.Projects/cur/1700000030.M30P1.legacy1:2,S").write_text("later")
     env("mirror", "example.org", "alice")
