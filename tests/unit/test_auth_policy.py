@@ -63,7 +63,7 @@ def test_logins_proxied_to_a_legacy_host_authorise_pop_before_smtp_everywhere(ga
     (first, _), stores, _ = gateways
     login = {"login": "kenji@old.example", "success": True, "policy_reject": False}
     ask(first, "report", dict(login, remote="192.0.2.30", protocol="pop3", mailbox_host="legacy1"))
-    ask(first, "report", dict(login, remote="192.0.2.31", protocol="imap", mailbox_host="legacy1"))
+    ask(first, "report", dict(login, remote="::ffff:192.0.2.31", protocol="imap", mailbox_host="legacy1"))
     assert [pbs(store, "192.0.2.30") for store in stores] == ["OK", "OK"]
     assert [pbs(store, "192.0.2.31") for store in stores] == ["OK", "OK"]
     # Not recorded here: logins the platform's mailbox servers serve (they record their

@@ -55,11 +55,13 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | wire_text
                                                                                         max_size=3), max_leaves=6)
 
 
-@given(st.dictionaries(st.sampled_from(["remote", "login", "protocol", "success", "policy_reject"]), json_values))
+@given(st.dictionaries(st.sampled_from(["remote", "login", "protocol", "success", "policy_reject", "mailbox_host"]),
+                      json_values))
 @example({"remote": "192.0.2.1", "login": ["a", 1]})
+@example({"remote": "::ffff:192.0.2.1", "protocol": "pop3", "success": True, "mailbox_host": "legacy1"})
 def test_auth_policy_allows_any_request_below_the_limits(request):
     policy = auth_policy.Policy({"local": STORE, "stores": [STORE], "ignored": [], "limit": 3, "address_limit": 5,
-                                 "window": 60})
+                                 "window": 60, "pbs_window": 60, "mailbox_hosts": "mbox1"})
     with quiet_stores():
         assert policy.allow(request) == {"status": 0}
         policy.report(request)
