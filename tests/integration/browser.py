@@ -61,7 +61,7 @@ class Webmail:
 
     def __init__(self, driver, url):
         self.driver, self.url = driver, url
-        self.wait = WebDriverWait(driver, 30)
+        self.wait = WebDriverWait(driver, 60)  # a loaded CI host renders slowly
 
     def find(self, css):
         return self.wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))

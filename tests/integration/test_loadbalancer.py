@@ -127,7 +127,10 @@ def test_haproxy_itself_rejects_the_others(lab, lab_host):
     lb = address(lab, "lb1")
     assert not is_operator(lab, lb)
     result = python_in(lab_host, "lb1", CONNECT, host=lb, port=stats_port(lab), timeout=10, tls=True)
-    assert result["connected"] and not result["tls"], result
+    # HAProxy's reset may reach the client before its connect() returns (a loaded host);
+    # either way no TLS, and no timeout (which would be nftables dropping it).
+    reset = "ConnectionResetError" in result.get("error", "")
+    assert (result["connected"] or reset) and not result["tls"], result
 
 
 def test_pop_before_smtp_through_the_load_balancer(lab, lab_host):
