@@ -10,9 +10,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import lab_inventory  # noqa: E402
 
-URL_SCHEMES = {"webmail": "https", "haproxy_stats": "https"}
+URL_SCHEMES = {"webmail": "https", "haproxy_stats": "https", "monitoring": "http", "alertmanager": "http"}
 ENDPOINTS = ["smtp", "submission", "submissions", "pbs_smtp", "pop3", "pop3s", "imap", "imaps",
-             "managesieve", "webmail", "haproxy_stats"]
+             "managesieve", "webmail", "haproxy_stats", "monitoring", "alertmanager"]
 
 
 def listening_ports(container):
