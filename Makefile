@@ -8,9 +8,10 @@ BIN := $(VENV)/bin
 # slapd, haproxy and memcached are for the unit tests, which run private instances of them
 # (haproxy and keepalived also check the load balancer's rendered configuration);
 # chromium, its driver and certutil for the webmail's browser tests; testssl.sh checks TLS;
-# rsync for the unit tests of the qmail migration's copy tool.
+# rsync for the unit tests of the qmail migration's copy tool; prometheus for promtool
+# (the alert rules' unit tests), its daemons (and node-exporter, a recommend) stay off.
 HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils haproxy keepalived rsync \
-	memcached testssl.sh chromium chromium-driver libnss3-tools
+	memcached testssl.sh chromium chromium-driver libnss3-tools prometheus
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)
@@ -27,7 +28,8 @@ host-deps: ## Install the host packages the lab needs (Debian 12, as root)
 	@missing=""; for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  for unit in haproxy keepalived memcached; do case "$$missing" in *$$unit*) systemctl disable --now $$unit.service >/dev/null 2>&1 || true;; esac; done; \
+	  for unit in haproxy keepalived memcached prometheus; do case "$$missing" in *$$unit*) systemctl disable --now $$unit.service >/dev/null 2>&1 || true;; esac; done; \
+	  case "$$missing" in *prometheus*) systemctl disable --now prometheus-node-exporter.service >/dev/null 2>&1 || true;; esac; \
 	fi
 
 $(BIN)/.installed: requirements.txt | host-deps
