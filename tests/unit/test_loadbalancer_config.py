@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ["haproxy.cfg.j2", "keepalived.conf.j2"]
+TEMPLATES = ["haproxy.cfg.j2", "keepalived.conf.j2", "split.prom.j2"]
 # <linux/if.h>
 IFF_UP, IFF_LOOPBACK, IFF_MULTICAST = 0x1, 0x8, 0x1000
 SPLIT = "__loadbalancer_split=loadbalancer_gateways | lb_pool_split(loadbalancer_gateway_ratio)"
@@ -145,6 +145,32 @@ def test_haproxy_accepts_the_rendered_config(lab):
     assert Path(lab["vars"]["loadbalancer_stats_private_key"]).exists()
     proc = subprocess.run([haproxy, "-c", "-f", str(config)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_prometheus_exporter_binds_the_node_address(lab, production):
+    for entry in (lab, production):
+        v = entry["vars"]
+        exporter = section(entry["templates"]["haproxy.cfg.j2"], "frontend prometheus")
+        assert f"bind {v['platform_addresses'][entry['host']]}:{v['platform_metrics_ports']['haproxy']}" in exporter
+        assert "http-request use-service prometheus-exporter if { path /metrics }" in exporter, exporter
+
+
+def test_expected_split_matches_the_disabled_servers(lab, production):
+    """ispmail_loadbalancer_server_expected is 0 exactly where haproxy.cfg disables a gateway
+    (HAProxy then reports it as haproxy_server_status{state="MAINT"})."""
+    for entry in (lab, production):
+        config = entry["templates"]["haproxy.cfg.j2"]
+        expected = {}
+        for match in re.finditer(r'^ispmail_loadbalancer_server_expected\{proxy="(\w+)",pool="(\w+)",server="(\w+)"\} ([01])$',
+                                 entry["templates"]["split.prom.j2"], re.MULTILINE):
+            expected[match.group(1), match.group(3)] = match.group(4) == "1"
+        assert expected, entry["templates"]["split.prom.j2"]
+        smtp = {server for (proxy, server), on in expected.items() if on and proxy == "submission"}
+        ratio = [int(n) for n in entry["vars"]["loadbalancer_gateway_ratio"].split(":")]
+        assert len(smtp) == ratio[0], expected
+        for (proxy, server), on in expected.items():
+            [line] = [line for line in section(config, f"backend {proxy}") if line.startswith(f"server {server} ")]
+            assert line.endswith(" disabled") != on, (proxy, line)
 
 
 def port_acl_table(tmp_path, inventory):
