@@ -14,7 +14,8 @@ import pytest
 
 from policy_helpers import Processes
 
-LIMIT, ADDRESS_LIMIT, WINDOW = 3, 5, 2
+# A window long enough that a loaded CI host (load average 30) still calls within it.
+LIMIT, ADDRESS_LIMIT, WINDOW = 3, 5, 4
 WEBMAIL = "10.9.0.7"
 
 @pytest.fixture
