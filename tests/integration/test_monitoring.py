@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import lab_inventory
+
 from mailclient import PASSWORDS, address, imap_messages, message, wait_for
 from outside import smtp_from_inet1
 
@@ -148,6 +150,8 @@ def user_on(lab_host, server):
     pytest.fail(f"no lab user lives on {server}")
 
 
+# About 2.5 minutes of alert timing: the full pass (ISPMAIL_FULL=1); make test keeps the gateway alert.
+@pytest.mark.skipif(not lab_inventory.FULL, reason="full pass only (ISPMAIL_FULL=1)")
 def test_lmtp_down_on_one_mailbox_server_alerts_for_it_only_and_resolves(lab, lab_host):
     down, up = lab["groups"]["mailbox"][:2]
     user = user_on(lab_host, down)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import lab_inventory
+
 from mailclient import PASSWORDS, imap_find, imap_login, message, wait_for
 from outside import smtp_from_inet1
 from test_directory_ha import apply_users, flush_login_caches, wait_until_caught_up
@@ -124,6 +126,8 @@ def backup_users(lab, lab_host):
     assert rc == 0, out
 
 
+# About 2 minutes of backup and restore: the full pass (ISPMAIL_FULL=1).
+@pytest.mark.skipif(not lab_inventory.FULL, reason="full pass only (ISPMAIL_FULL=1)")
 def test_backup_delete_restore_round_trip(lab, lab_host, tmp_path, backup_users):
     users, subjects = backup_users
     backups = tmp_path / "backups"
