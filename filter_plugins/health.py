@@ -276,21 +276,27 @@ def health_probe(result, settings=None):
 
 # ---------------------------------------------------------------- the whole report
 
-def health_report(results, settings=None):
+def health_report(results, settings=None, hosts=None):
     """The report of every host: {lines, problems, warnings, ok}.
 
     results: [{host, tiers, unreachable, services, queues, ldap, lb, lb_expect, mailbox, probe}]
     with the registered results of the collecting tasks (missing: not collected there).
+    hosts: every host that should have answered; one without a result (a task failed on it,
+    so it left the play) is a problem, never a line silently missing from the report.
     """
     if not isinstance(results, list):
         raise AnsibleFilterError("health_report expects a list of per-host results")
+    answered = {r.get("host") for r in results}
+    results = results + [{"host": host, "missing": True} for host in hosts or [] if host not in answered]
     lines, problems, warnings = [], [], []
     width = max([len(r.get("host", "")) for r in results] + [4])
     for entry in results:
         host = entry["host"]
         tiers = ",".join(entry.get("tiers") or []) or "-"
         own_problems, own_warnings, parts = [], [], []
-        if entry.get("unreachable"):
+        if entry.get("missing"):
+            own_problems.append("no result: a task failed on this host before the summary (see above)")
+        elif entry.get("unreachable"):
             own_problems.append(f"unreachable ({entry.get('unreachable_msg') or 'no connection'})")
         else:
             expect = entry.get("lb_expect") or {}

@@ -27,6 +27,18 @@ _LAB_QUERY = ("{{ {'groups': groups, 'lab_name': lab_name, 'lab_publish_ports': 
               "'platform_ca_certificate': platform_ca_certificate} | to_json }}")
 
 
+def ansible_env(**extra):
+    """The environment for an ansible-playbook whose output a test reads: the repository's own
+    output settings (ansible.cfg), whatever the caller says (molecule forces colour when its
+    own output is coloured, which puts escape codes at the start of every line)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="false", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default",
+               ANSIBLE_CALLBACK_RESULT_FORMAT="yaml", ANSIBLE_DISPLAY_OK_HOSTS="true")
+    env.setdefault("CONTAINERS_CONF", str(ROOT / "lab" / "containers.conf"))
+    env.update(extra)
+    return env
+
+
 def load():
     """Return {'groups', 'hosts', 'lab_name', 'lab_publish_ports', 'platform_operator_networks',
     'platform_pop_before_smtp_port', 'platform_ca_certificate'} for the current lab."""

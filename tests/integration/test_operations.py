@@ -4,7 +4,6 @@
 Users log in through the load balancer like real clients; mail arrives from inet1.
 """
 
-import os
 import re
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ def playbook(lab, name, *args):
     """(rc, output, seconds) of one ansible-playbook run on the lab inventory."""
     started = time.monotonic()
     done = subprocess.run([PLAYBOOK, "-i", "inventories/lab", f"playbooks/{name}", *args], capture_output=True,
-                          text=True, cwd=lab["root"], env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
+                          text=True, cwd=lab["root"], env=lab_inventory.ansible_env())
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
 

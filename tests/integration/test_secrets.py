@@ -16,7 +16,6 @@ the operator does (docs/lab.md), in this environment (ISPMAIL_LAB* pick the lab)
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -35,18 +34,8 @@ RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s
 ARTIFACTS = ROOT / "artifacts" / "secrets"
 
 
-def _env():
-    # The repository's own output settings (ansible.cfg), whatever the caller's environment
-    # says (molecule may force colour, which would split the recap lines).
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="false", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default",
-               ANSIBLE_CALLBACK_RESULT_FORMAT="yaml", ANSIBLE_DISPLAY_OK_HOSTS="true")
-    env.setdefault("CONTAINERS_CONF", str(ROOT / "lab" / "containers.conf"))
-    return env
-
-
 def _run(args, **kwargs):
-    return subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, **kwargs)
+    return subprocess.run(args, cwd=ROOT, env=lab_inventory.ansible_env(), capture_output=True, text=True, **kwargs)
 
 
 def _secret_strings(name, value, secret=False):

@@ -114,6 +114,14 @@ def test_report_names_the_host_and_reason_of_each_problem():
     assert report["warnings"] == ["gw3: unit foo.service failed"]
 
 
+def test_a_host_without_a_result_is_a_problem_not_a_missing_line():
+    report = health_report([entry("gw1", services=SERVICES_OK)], None, ["gw1", "lb1"])
+    assert not report["ok"]
+    assert report["problems"] == ["lb1: no result: a task failed on this host before the summary (see above)"]
+    assert [line.split()[:3] for line in report["lines"] if not line.startswith(" ")] == [
+        ["gw1", "gateway", "OK"], ["lb1", "-", "FAIL"]]
+
+
 def test_a_failed_platform_unit_is_reported_once():
     report = health_report([entry("gw3", services=ok("slapd failed\nfailed slapd.service\n"))])
     assert report["problems"] == ["gw3: slapd is failed"] and report["warnings"] == []
