@@ -19,7 +19,7 @@ export PATH := $(BIN):$(PATH)
 # CI's lab: its own names and subnet, nothing published, so it never meets `make lab`'s.
 CI_LAB_ENV := ISPMAIL_LAB=ispmail-ci ISPMAIL_LAB_SUBNET=10.214.0.0/24 ISPMAIL_LAB_PUBLISH=no
 
-.PHONY: help host-deps venv lab lab-info lab-destroy test lint unit molecule docs clean
+.PHONY: help host-deps venv lab lab-info lab-destroy test lint unit molecule bench docs clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,12 @@ unit: venv ## Unit tests; the LDAP modules against a private slapd, lb_pool_rati
 molecule: venv ## Create CI's own lab from the lab inventory, converge twice, verify, destroy
 	rm -f .cache/molecule-verify.xml
 	env $(CI_LAB_ENV) molecule test || { python3 tests/failed_tests.py .cache/molecule-verify.xml; exit 1; }
+
+# Longer runs: make bench BENCH_ARGS="--rounds 5 --round-seconds 60 --load-shares 0.5,0.8,0.95"
+# (tests/bench/side_by_side --help lists the options).
+BENCH_ARGS ?=
+bench: venv ## The platform against bare Postfix and the peer designs in one run (running lab, ~15 min)
+	python3 tests/bench/side_by_side $(BENCH_ARGS)
 
 docs: venv ## Regenerate the role variable tables in docs/roles from meta/argument_specs.yml
 	python3 tests/role_docs.py --write
