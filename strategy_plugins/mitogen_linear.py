@@ -1,0 +1,14 @@
+# Mitogen's linear strategy (the `mitogen` package, requirements.txt): one Python
+# interpreter per host for the whole run instead of one per task, which makes a
+# no-change site.yml several times faster (docs/lab.md). ansible.cfg selects it;
+# ANSIBLE_STRATEGY=linear runs without it.
+from __future__ import annotations
+
+import ansible_mitogen.loaders
+import ansible_mitogen.strategy
+
+Base = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
+
+
+class StrategyModule(ansible_mitogen.strategy.StrategyMixin, Base):
+    pass
