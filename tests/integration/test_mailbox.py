@@ -82,10 +82,10 @@ def test_quota_is_shown_and_over_quota_delivery_fails_permanently(lab, lab_host)
 def test_keyword_filters_from_ldap_file_and_discard(lab, lab_host):
     user = "carol@example.org"  # Subject "newsletter" -> News; From spammer@example.net -> discard
     host = mailbox_host(lab_host, user)
-    filed, text = message(user, subject="Weekly newsletter " + str(time.time()))
-    lmtp_deliver(lab, host, user, text)
-    dropped, text = message(user, sender="spammer@example.net")
-    lmtp_deliver(lab, host, user, text, sender="spammer@example.net")
+    filed, text_filed = message(user, subject="Weekly newsletter " + str(time.time()))
+    lmtp_deliver(lab, host, user, text_filed)
+    dropped, text_dropped = message(user, sender="spammer@example.net")
+    lmtp_deliver(lab, host, user, text_dropped, sender="spammer@example.net")
     kept, text = message(user)
     lmtp_deliver(lab, host, user, text)
     imap = imap_login(lab, "gw2", user, PASSWORDS[user])
@@ -96,6 +96,11 @@ def test_keyword_filters_from_ldap_file_and_discard(lab, lab_host):
         assert imap_find(imap, "INBOX", kept)
     finally:
         imap.logout()
+    # The resident daemon decided (not the per-delivery helper, Sieve's fallback without it).
+    message_ids = re.findall(r"Message-ID: (<[^>]+>)", text_filed + text_dropped)
+    log = lab_host(host).check_output("journalctl -q -o cat -u ispmail-keyword-filter.service -n 200")
+    assert f"{message_ids[0]} for {user}: folder:News" in log, log[-2000:]
+    assert f"{message_ids[1]} for {user}: discard" in log, log[-2000:]
 
 
 def test_managesieve_script_uploaded_through_the_relay_takes_effect(lab, lab_host):

@@ -90,3 +90,77 @@ def test_any_header_gets_a_verdict(values):
                     for v in values)
     filters = [{"header": "Subject", "contains": "未承諾広告", "action": "tag"}]
     assert helper.verdict(filters, raw_msg(data)) in ("", "tag")
+
+
+# The resident daemon (issue 20): Dovecot's script protocol over a real Unix socket.
+
+import socket  # noqa: E402
+import threading  # noqa: E402
+
+
+class FixedFilters:
+    """The directory's interface with the filters given (LDAP is the lab's part)."""
+
+    def __init__(self, text):
+        self.text, self.asked = text, []
+
+    def filters(self, address):
+        self.asked.append(address)
+        return self.text
+
+
+def ask(directory, request):
+    """Send one request as Dovecot's program client does (then shut the write side) and
+    return the whole answer."""
+    client, server = socket.socketpair()
+    worker = threading.Thread(target=helper.answer, args=(server, directory))
+    worker.start()
+    client.sendall(request)
+    client.shutdown(socket.SHUT_WR)
+    answer = b""
+    while chunk := client.recv(4096):
+        answer += chunk
+    worker.join(5)
+    client.close()
+    return answer
+
+
+NEWS = '{"action":"folder","contains":"newsletter","folder":"News","header":"Subject"}'
+
+
+def request(*arguments, message=b"Subject: Weekly newsletter\r\n\r\nbody\r\n", options=("-",)):
+    head = "VERSION\tscript\t4\t0\n" + "".join(f"{o}\n" for o in options) + "".join(f"{a}\n" for a in arguments)
+    return head.encode() + b"\n" + message
+
+
+def test_the_daemon_answers_the_verdict_then_success():
+    directory = FixedFilters(NEWS)
+    assert ask(directory, request("carol@example.org")) == b"folder:News+\n"
+    assert directory.asked == ["carol@example.org"]
+
+
+def test_the_daemon_skips_dovecot_options_and_unescapes_the_address():
+    directory = FixedFilters(NEWS)
+    answer = ask(directory, request("odd\x01tname@example.org",
+                                    options=("alarm=10", "env_USER=carol@example.org", "-")))
+    assert answer == b"folder:News+\n"
+    assert directory.asked == ["odd\tname@example.org"]
+
+
+def test_no_match_is_an_empty_verdict_and_a_big_body_is_drained():
+    body = b"Subject: hello\r\n\r\n" + b"x" * 998 + b"\r\n" * 3000
+    assert ask(FixedFilters(NEWS), request("carol@example.org", message=body)) == b"+\n"
+
+
+def test_a_header_split_across_reads_is_still_seen():
+    message = b"X-Pad: " + b"p" * 70000 + b"\r\nSubject: Weekly newsletter\r\n\r\nbody\r\n"
+    assert ask(FixedFilters(NEWS), request("carol@example.org", message=message)) == b"folder:News+\n"
+
+
+def test_something_else_than_dovecot_gets_a_failure_not_a_verdict():
+    assert ask(FixedFilters(NEWS), b"GET / HTTP/1.0\r\n\r\n") == b"-\n"
+    assert ask(FixedFilters(NEWS), b"VERSION\tscript\t4\t0\n-\n") == b"-\n"
+
+
+def test_tab_unescape_is_dovecots_inverse():
+    assert helper.tab_unescape("a\x011b\x01tc\x01rd\x01ne") == "a\x01b\tc\rd\ne"
