@@ -19,7 +19,7 @@ export PATH := $(BIN):$(PATH)
 # CI's lab: its own names and subnet, nothing published, so it never meets `make lab`'s.
 CI_LAB_ENV := ISPMAIL_LAB=ispmail-ci ISPMAIL_LAB_SUBNET=10.214.0.0/24 ISPMAIL_LAB_PUBLISH=no
 
-.PHONY: help host-deps venv lab lab-info lab-destroy test lint unit molecule bench docs clean
+.PHONY: help host-deps venv lab lab-info lab-destroy test lint unit molecule bench resilience docs clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -74,6 +74,12 @@ molecule: venv ## Create CI's own lab from the lab inventory, converge twice, ve
 BENCH_ARGS ?=
 bench: venv ## The platform against bare Postfix and the peer designs in one run (running lab, ~15 min)
 	python3 tests/bench/side_by_side $(BENCH_ARGS)
+
+# Faults under client load: make resilience RESILIENCE_ARGS="--short" (about 6 min), or
+# RESILIENCE_ARGS="--faults rspamd,gateway-kill --fault-seconds 120" (tests/resilience --help).
+RESILIENCE_ARGS ?=
+resilience: venv ## Inject faults into the running lab under load, check every message (~25 min; docs/resilience.md)
+	python3 tests/resilience $(RESILIENCE_ARGS)
 
 docs: venv ## Regenerate the role variable tables in docs/roles from meta/argument_specs.yml
 	python3 tests/role_docs.py --write
