@@ -489,9 +489,10 @@ def capacity_plan(today, tier_costs, hardware_classes, groups, growth_factor=10,
                                                     pop_server["largest_instance"]) * headroom
     minimums["postfix_gateway_clamd_max_threads"] = max(smtp_server["clamd_scans"], pop_server["clamd_scans"]) \
         * headroom
-    # A proxied session holds a login process (high-security mode), or a share of one of a
-    # few login processes, one per core (high-performance mode): both must fit.
-    minimums["mailbox_proxy_process_limit"] = sessions * headroom
+    # The relay's login processes run in high-performance mode (role mailbox_proxy): one per
+    # core, each proxying a share of the sessions; the process limit only caps how many
+    # more Dovecot may start when they are all full.
+    minimums["mailbox_proxy_process_limit"] = facts["cores"] * headroom
     minimums["mailbox_proxy_client_limit"] = sessions * headroom / facts["cores"]
 
     # Mailbox servers: LMTP deliveries and POP/IMAP sessions (each holds a login process

@@ -61,7 +61,10 @@ def test_production_example_carries_ten_times_today():
     assert result["limits"]["spamcheck_process_limit"] == 610
     assert result["limits"]["postfix_gateway_process_limit"] == 100
     assert result["limits"]["postfix_gateway_clamd_max_threads"] == 12
-    assert result["limits"]["mailbox_proxy_process_limit"] == 20000
+    # The relay: 10000 sessions on one POP/IMAP gateway in high-performance mode, 8 login
+    # processes (one per core) of 2500 sessions each, not 20000 processes.
+    assert result["limits"]["mailbox_proxy_client_limit"] == 2500
+    assert result["limits"]["mailbox_proxy_process_limit"] == 100
 
 
 def test_forty_times_names_each_tier_and_the_split():
