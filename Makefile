@@ -62,8 +62,8 @@ lint: venv ## yamllint, ansible-lint (production profile), both inventories pars
 	for inv in inventories/*/; do ansible-inventory -i $$inv --graph >/dev/null; done
 	python3 tests/role_docs.py --check
 
-unit: venv ## Unit tests; the LDAP modules against a private slapd, lb_pool_ratio against a private HAProxy
-	pytest -q tests/unit tests/slapd tests/haproxy
+unit: venv ## Unit tests; the LDAP modules against a private slapd, lb_pool_ratio against a private HAProxy, the resilience run's pure parts
+	pytest -q tests/unit tests/slapd tests/haproxy tests/resilience
 
 molecule: venv ## Create CI's own lab from the lab inventory, converge twice, verify, destroy
 	rm -f .cache/molecule-verify.xml
@@ -75,7 +75,7 @@ BENCH_ARGS ?=
 bench: venv ## The platform against bare Postfix and the peer designs in one run (running lab, ~15 min)
 	python3 tests/bench/side_by_side $(BENCH_ARGS)
 
-# Faults under client load: make resilience RESILIENCE_ARGS="--short" (about 6 min), or
+# Faults under client load: make resilience RESILIENCE_ARGS="--short" (about 5 min), or
 # RESILIENCE_ARGS="--faults rspamd,gateway-kill --fault-seconds 120" (tests/resilience --help).
 RESILIENCE_ARGS ?=
 resilience: venv ## Inject faults into the running lab under load, check every message (~25 min; docs/resilience.md)

@@ -40,5 +40,11 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("lab_hostname", sorted(names))
 
 
+def pytest_collection_modifyitems(items):
+    """The resilience pass last: it stops daemons and containers (and repairs them), so no
+    other test runs on a lab that is still coming back."""
+    items.sort(key=lambda item: item.module.__name__.endswith("test_faults_under_load"))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "group(name): run the test once per host of this inventory group")

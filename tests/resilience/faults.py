@@ -1,0 +1,230 @@
+"""The faults: each one is injected with podman on the host (or a command inside one
+container) and repaired the same way. prepare() runs first and may say why a fault cannot
+run; recovered() lists what is still wrong after the repair (empty: all back)."""
+
+import subprocess
+
+import containers  # tests/bench/side_by_side: podman(), sh()
+from delivery import queue_sizes
+
+FAULT_TABLE = "resilience_fault"  # nftables table of the network cut, nothing else in it
+
+
+def _sh(container, command, check=True, stdin=None):
+    return containers.sh(container, command, check=check, stdin=stdin)
+
+
+def _ok(container, command):
+    return subprocess.run(["podman", "exec", container, "sh", "-c", command], capture_output=True,
+                          check=False).returncode == 0
+
+
+class Fault:
+    name = ""
+    description = ""
+
+    def __init__(self, lab, host):
+        self.lab, self.host, self.container = lab, host, lab.container(host)
+        self.notes = {}  # facts for the report (queue sizes after a restart, units, ...)
+
+    def prepare(self):
+        """None when the fault can run, else why not (a sentence for the report)."""
+        return None
+
+    def inject(self):
+        raise NotImplementedError
+
+    def repair(self):
+        raise NotImplementedError
+
+    def recovered(self):
+        return []
+
+
+class ServiceFault(Fault):
+    """systemctl stop of some units inside one container, then start. A unit's socket is
+    stopped with it where one exists, or systemd would start the daemon on the next connect."""
+
+    def __init__(self, lab, host, name, units, description):
+        super().__init__(lab, host)
+        self.name, self.units, self.description = name, list(units), description
+
+    def prepare(self):
+        inactive = [u for u in self.units if not _ok(self.container, f"systemctl is-active --quiet {u}")]
+        if inactive:
+            return f"{', '.join(inactive)} not active on {self.host} before the fault"
+        self.units += [f"{u}.socket" for u in self.units
+                       if _ok(self.container, f"systemctl is-active --quiet {u}.socket")]
+        self.notes["units"] = self.units
+        return None
+
+    def inject(self):
+        _sh(self.container, f"systemctl stop {' '.join(self.units)}")
+
+    def repair(self):
+        _sh(self.container, f"systemctl start {' '.join(self.units)}")
+
+    def recovered(self):
+        return [f"{self.host}: {u} not active" for u in self.units
+                if not _ok(self.container, f"systemctl is-active --quiet {u}")]
+
+
+class ContainerFault(Fault):
+    """A whole host down and up again: it must come back by itself (services enabled, port
+    rules loaded). What ran before is compared with what runs after."""
+
+    def __init__(self, lab, host, name, description, hard):
+        super().__init__(lab, host)
+        self.name, self.description, self.hard = name, description, hard
+
+    def _state(self):
+        # A socket-activated service counts as back when its socket listens: it starts on first use.
+        units = _sh(self.container, "systemctl list-units --type=service,socket --state=active --no-legend --plain "
+                                    "| awk '{print $1}'", check=False).split()
+        units = [u.removesuffix(".socket") + ".service" if u.endswith(".socket") else u for u in units]
+        failed = _sh(self.container, "systemctl list-units --state=failed --no-legend --plain | awk '{print $1}'",
+                     check=False).split()
+        tables = [line for line in _sh(self.container, "nft list tables", check=False).splitlines()
+                  if FAULT_TABLE not in line]
+        return set(units), set(failed), set(tables)
+
+    def inject(self):
+        self.before_units, self.before_failed, self.before_tables = self._state()
+        self.notes["queue_before"] = queue_sizes(self.container)
+        if self.hard:
+            containers.podman("kill", self.container)  # SIGKILL to systemd: a power cut
+        else:
+            containers.podman("stop", "--time", "60", self.container)  # a clean shutdown
+
+    def repair(self):
+        if containers.podman("inspect", "--format", "{{.State.Running}}", self.container) != "true":
+            containers.podman("start", self.container)
+
+    def recovered(self):
+        state = _sh(self.container, "systemctl is-system-running", check=False).strip()
+        if state not in ("running", "degraded"):
+            return [f"{self.host}: systemd {state or 'not answering'}"]
+        units, failed, tables = self._state()
+        problems = [f"{self.host}: {u} active before, not after" for u in sorted(self.before_units - units)]
+        problems += [f"{self.host}: {u} failed" for u in sorted(failed - self.before_failed)]
+        problems += [f"{self.host}: nftables {t} missing" for t in sorted(self.before_tables - tables)]
+        if not problems:
+            self.notes["queue_after_start"] = queue_sizes(self.container)
+        return problems
+
+
+class NetworkCut(Fault):
+    """Everything between one gateway and one mailbox server dropped, in the gateway's own
+    network namespace, in a table of its own (deleting it restores exactly what was)."""
+
+    def __init__(self, lab, gateway, mailbox):
+        super().__init__(lab, gateway)
+        self.mailbox = mailbox
+        self.name = "net-gateway-mailbox"
+        self.description = f"packets between {gateway} and {mailbox} dropped (nftables on {gateway})"
+
+    def prepare(self):
+        if not _ok(self.container, "command -v nft"):
+            return f"no nft in {self.host}"
+        return None
+
+    def inject(self):
+        address = self.lab.address(self.mailbox)
+        rules = (f"table inet {FAULT_TABLE}\ndelete table inet {FAULT_TABLE}\n"
+                 f"table inet {FAULT_TABLE} {{\n"
+                 f"  chain output {{ type filter hook output priority -10; policy accept; ip daddr {address} drop; }}\n"
+                 f"  chain input {{ type filter hook input priority -10; policy accept; ip saddr {address} drop; }}\n"
+                 "}\n")
+        _sh(self.container, "nft -f -", stdin=rules)
+
+    def repair(self):
+        if _ok(self.container, f"nft list table inet {FAULT_TABLE}"):
+            _sh(self.container, f"nft delete table inet {FAULT_TABLE}")
+
+    def recovered(self):
+        return [f"{self.host}: table {FAULT_TABLE} still there"] \
+            if _ok(self.container, f"nft list table inet {FAULT_TABLE}") else []
+
+
+def queue_full_possible(inside, host_store):
+    """Whether the queue's filesystem can be filled on its own. inside, host_store: (size,
+    available, type) of the queue directory in the container and of podman's storage on the
+    host. None when it can, else why not."""
+    size, available, fstype = inside
+    if abs(size - host_store[0]) <= host_store[0] * 0.01:
+        return (f"the queues are on the container's {fstype} root, whose size is that of the host's filesystem "
+                f"under podman's storage ({size / 2**30:.0f} GiB, {available / 2**30:.0f} GiB free): no size "
+                "limit, so filling it would fill the host's disk, shared by every lab container and the host")
+    if available > 2 * 2**30:
+        return f"the queue's filesystem has {available / 2**30:.0f} GiB free: too much to fill for a test"
+    return None
+
+
+class QueueFull(Fault):
+    """A big file on the filesystem that holds a gateway's queues, removed on repair; the
+    queue itself is never touched (Postfix answers 452 when space runs out, it loses nothing)."""
+
+    FILL = "/var/spool/resilience-fill"
+
+    def __init__(self, lab, gateway):
+        super().__init__(lab, gateway)
+        self.name = "queue-full"
+        self.description = f"the filesystem of {gateway}'s Postfix queues filled up"
+
+    def prepare(self):
+        queue = _sh(self.container, "ls -d /var/spool/postfix-* | head -n 1", check=False).strip() or "/var/spool"
+        inside = _df(_sh(self.container, f"df -B1 --output=size,avail,fstype {queue} | tail -n 1"))
+        store = containers.podman("info", "--format", "{{.Store.GraphRoot}}")
+        outside = subprocess.run(["df", "-B1", "--output=size,avail,fstype", store], capture_output=True, text=True,
+                                 check=False).stdout.splitlines()[-1]
+        self.notes.update(queue=queue, df_inside=inside, df_host_store=_df(outside))
+        reason = queue_full_possible(inside, _df(outside))
+        if reason is None and not _sh(self.container, f"df -P {self.FILL.rsplit('/', 1)[0]} {queue} "
+                                                      "| tail -n +2 | awk '{print $1}' | uniq | wc -l") == "1":
+            reason = f"{self.FILL} would not be on the queue's filesystem"
+        self.inside = inside
+        return f"not possible in this lab because {reason}" if reason else None
+
+    def inject(self):
+        # Leave 1 MiB: Postfix then refuses new mail (452) and keeps what it has.
+        size = max(0, self.inside[1] - 2**20)
+        _sh(self.container, f"fallocate -l {size} {self.FILL}")
+
+    def repair(self):
+        _sh(self.container, f"rm -f {self.FILL}")
+
+    def recovered(self):
+        return [f"{self.host}: {self.FILL} still there"] if _ok(self.container, f"test -e {self.FILL}") else []
+
+
+def _df(line):
+    size, available, fstype = line.split()
+    return int(size), int(available), fstype
+
+
+def all_faults(lab, gateway, mailbox):
+    """Every fault, in the order a full run injects them: one daemon at a time first, the
+    network, then whole hosts (a host that does not come back taints what follows)."""
+    spam, ldap = lab.groups["spamcheck"][0], lab.groups["ldap"]
+    faults = [
+        ServiceFault(lab, spam, "rspamd", ["rspamd"], f"rspamd stopped on {spam}"),
+        ServiceFault(lab, gateway, "clamd", ["clamav-daemon"], f"clamd (clamav-daemon) stopped on {gateway}"),
+        ServiceFault(lab, spam, "redis", ["redis-server"], f"Redis stopped on {spam}"),
+        ServiceFault(lab, gateway, "memcached", ["memcached"], f"memcached stopped on {gateway}"),
+        ServiceFault(lab, spam, "resolver", ["unbound"], f"the resolver (unbound) stopped on {spam}"),
+    ]
+    faults += [ServiceFault(lab, host, f"slapd-{host}", ["slapd"], f"LDAP provider {host}: slapd stopped")
+               for host in ldap]
+    faults += [
+        NetworkCut(lab, gateway, mailbox),
+        QueueFull(lab, gateway),
+        ContainerFault(lab, mailbox, "mailbox-stop", f"mailbox server {mailbox} stopped (podman stop), then started",
+                       hard=False),
+        ContainerFault(lab, gateway, "gateway-kill", f"gateway {gateway} killed (podman kill), then started",
+                       hard=True),
+    ]
+    return {fault.name: fault for fault in faults}
+
+
+# --short: one pass in about 5 minutes, a fault of each kind (the full run's order).
+SHORT = ["rspamd", "clamd", "resolver", "slapd-ldap1", "net-gateway-mailbox", "mailbox-stop", "gateway-kill"]
