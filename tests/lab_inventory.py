@@ -39,7 +39,28 @@ def ansible_env(**extra):
     return env
 
 
-def load():
+
+def accounts(root=ROOT):
+    """{address: {password, spam_check, virus_check, forward_to, keep_copy}} of the lab's
+    present users, from its accounts file (docs/directory-data.md): a user's own contract,
+    else the domain's."""
+    import yaml  # only the tools that read accounts need it
+
+    data = yaml.safe_load((Path(root) / "inventories/lab/group_vars/ldap/accounts.yml").read_text())
+    domains = {domain["name"]: domain for domain in data["mail_domains"]}
+    users = {}
+    for user in data["mail_users"]:
+        if user.get("state", "present") != "present":
+            continue
+        domain = domains[user["address"].split("@")[1]]
+        users[user["address"]] = {
+            "password": user["password"],
+            "spam_check": bool(user.get("spam_check", domain.get("spam_check", False))),
+            "virus_check": bool(user.get("virus_check", domain.get("virus_check", False))),
+            "forward_to": list(user.get("forward_to") or []),
+            "keep_copy": bool(user.get("keep_copy", True)),
+        }
+    return users
     """Return {'groups', 'hosts', 'lab_name', 'lab_publish_ports', 'platform_operator_networks',
     'platform_pop_before_smtp_port', 'platform_ca_certificate'} for the current lab."""
     # The stock linear strategy: Mitogen's reports each host's result of a task as a task of

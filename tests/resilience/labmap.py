@@ -5,27 +5,7 @@ import ssl
 from pathlib import Path
 
 import containers  # tests/bench/side_by_side: podman(), sh()
-import yaml
-
-
-def lab_users(root):
-    """{address: {password, spam_check, virus_check, forward_to, keep_copy}} from the lab's
-    accounts file (docs/directory-data.md): a user's own setting, else the domain's."""
-    data = yaml.safe_load((Path(root) / "inventories/lab/group_vars/ldap/accounts.yml").read_text())
-    domains = {domain["name"]: domain for domain in data["mail_domains"]}
-    users = {}
-    for user in data["mail_users"]:
-        if user.get("state", "present") != "present":
-            continue
-        domain = domains[user["address"].split("@")[1]]
-        users[user["address"]] = {
-            "password": user["password"],
-            "spam_check": bool(user.get("spam_check", domain.get("spam_check", False))),
-            "virus_check": bool(user.get("virus_check", domain.get("virus_check", False))),
-            "forward_to": list(user.get("forward_to") or []),
-            "keep_copy": bool(user.get("keep_copy", True)),
-        }
-    return users
+from lab_inventory import accounts as lab_users  # tests/: the accounts file, read once
 
 
 def expected_mailboxes(users, rcpt):

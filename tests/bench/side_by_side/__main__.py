@@ -33,7 +33,6 @@ import maildir  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
 import lab_inventory  # noqa: E402
-import yaml  # noqa: E402
 
 CONFIGS = ["bare", "platform", "amavis", "rspamd"]
 # Messages of the first (calibration, warm-up) round; later rounds are sized from its rate.
@@ -55,19 +54,7 @@ def log(message):
 def lab_users(root):
     """The lab's accounts with their effective contracts; forwarding accounts left out (a
     forward adds deliveries to another mailbox, which would blur the counts)."""
-    data = yaml.safe_load((root / "inventories/lab/group_vars/ldap/accounts.yml").read_text())
-    domains = {domain["name"]: domain for domain in data["mail_domains"]}
-    users = {}
-    for user in data["mail_users"]:
-        if user.get("forward_to") or user.get("state", "present") != "present":
-            continue
-        domain = domains[user["address"].split("@")[1]]
-        users[user["address"]] = {
-            "password": user["password"],
-            "spam_check": bool(user.get("spam_check", domain.get("spam_check", False))),
-            "virus_check": bool(user.get("virus_check", domain.get("virus_check", False))),
-        }
-    return users
+    return {address: user for address, user in lab_inventory.accounts(root).items() if not user["forward_to"]}
 
 
 def settle(progress, done, stall, interval=0.2):
