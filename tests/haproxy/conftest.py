@@ -64,7 +64,9 @@ class EchoServer:
 
 def haproxy_config(tmp, backends, ports, split):
     lines = [
-        "global", f"  stats socket {tmp}/admin.sock mode 600 level admin", "",
+        # noreuseport: a port some other process took between free_port() and the bind makes
+        # HAProxy fail (and the fixture retry), instead of both answering on it by turns.
+        "global", f"  stats socket {tmp}/admin.sock mode 600 level admin", "  noreuseport", "",
         "defaults", "  mode tcp", "  timeout connect 2s", "  timeout client 60s", "  timeout server 60s", "",
         f"frontend smtp\n  bind 127.0.0.1:{ports['smtp']}\n  default_backend submission",
         f"frontend imap\n  bind 127.0.0.1:{ports['imap']}\n  default_backend imap",
@@ -83,6 +85,23 @@ def haproxy_config(tmp, backends, ports, split):
 @pytest.fixture
 def haproxy(tmp_path):
     backends = {name: EchoServer(name) for name in SERVERS}
+    for attempt in range(3):  # free ports are free when chosen, not always when bound
+        proc, ports = start_haproxy(tmp_path, backends)
+        if proc:
+            break
+    else:
+        pytest.fail("HAProxy did not start on free ports three times")
+    yield SimpleNamespace(socket=str(tmp_path / "admin.sock"), ports=ports, backends=backends, servers=SERVERS,
+                          pools=POOLS)
+    proc.terminate()
+    proc.wait(10)
+    for server in backends.values():
+        server.sock.close()
+
+
+def start_haproxy(tmp_path, backends):
+    """(process, ports) of a HAProxy answering on new free ports, or (None, ports) when one
+    of the ports was taken meanwhile."""
     ports = {"smtp": free_port(), "imap": free_port(), "pop3": free_port()}
     config = tmp_path / "haproxy.cfg"
     config.write_text(haproxy_config(tmp_path, backends, ports, {"smtp": SERVERS[:2], "pop": SERVERS[2:]}))
@@ -91,14 +110,13 @@ def haproxy(tmp_path):
     proc = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 10
     while not (tmp_path / "admin.sock").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
+        if proc.poll() is not None:
+            error = proc.stderr.read().decode()
+            assert "cannot bind" in error or "Address already in use" in error, error
+            return None, ports
+        assert time.time() < deadline, "HAProxy did not open its admin socket within 10 s"
         time.sleep(0.05)
-    yield SimpleNamespace(socket=str(tmp_path / "admin.sock"), ports=ports, backends=backends, servers=SERVERS,
-                          pools=POOLS)
-    proc.terminate()
-    proc.wait(10)
-    for server in backends.values():
-        server.sock.close()
+    return proc, ports
 
 
 @pytest.fixture
