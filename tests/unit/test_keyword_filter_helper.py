@@ -164,3 +164,13 @@ def test_something_else_than_dovecot_gets_a_failure_not_a_verdict():
 
 def test_tab_unescape_is_dovecots_inverse():
     assert helper.tab_unescape("a\x011b\x01tc\x01rd\x01ne") == "a\x01b\tc\rd\ne"
+
+
+def test_without_its_settings_the_daemon_still_answers_unfiltered(tmp_path):
+    # It must reach accept(): a daemon that died first would leave Sieve waiting on the socket.
+    broken = tmp_path / "broken.conf"
+    broken.write_text("[ldap\nuris = ldap://x\n")
+    for path in (tmp_path / "missing.conf", broken):
+        directory = helper.Directory(path)
+        assert directory.filters("carol@example.org") == ""
+        assert ask(directory, request("carol@example.org")) == b"+\n"
