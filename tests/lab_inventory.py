@@ -61,6 +61,9 @@ def accounts(root=ROOT):
             "keep_copy": bool(user.get("keep_copy", True)),
         }
     return users
+
+
+def load():
     """Return {'groups', 'hosts', 'lab_name', 'lab_publish_ports', 'platform_operator_networks',
     'platform_pop_before_smtp_port', 'platform_ca_certificate'} for the current lab."""
     # The stock linear strategy: Mitogen's reports each host's result of a task as a task of
