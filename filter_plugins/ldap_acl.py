@@ -9,18 +9,20 @@ from ansible.errors import AnsibleFilterError
 def ldap_access_rules(accounts, base_dn, root_peer):
     """olcAccess values, in order, for the platform's directory.
 
-    accounts is ldap_service_accounts ({name: {read_attributes: [...]}}, `replicator`
-    required); root_peer is root's SASL EXTERNAL identity over ldapi.
+    accounts is ldap_service_accounts ({name: {read_attributes: [...], slots: read|write}},
+    `replicator` required); root_peer is root's SASL EXTERNAL identity over ldapi.
 
     - userPassword: usable for binds only; users may change their own; besides root,
       only the replicator reads it (consumers need the hashes for local binds).
     - root over ldapi manages everything; the replicator reads everything.
     - each other service account reads only its read_attributes under ou=domains, in
       name order; an account without read_attributes gets no rule.
+    - the mailbox take-over map (ou=slots): read or written by the accounts whose `slots`
+      says so (decision 0010).
     - users read their own entry; nobody else sees anything.
 
-    Raises AnsibleFilterError if `replicator` is missing or a read_attributes entry is
-    not an attribute name.
+    Raises AnsibleFilterError if `replicator` is missing, a read_attributes entry is
+    not an attribute name or `slots` is neither read nor write.
     """
     if not isinstance(accounts, dict) or "replicator" not in accounts:
         raise AnsibleFilterError("ldap_service_accounts must be a dict that includes 'replicator'")
@@ -40,6 +42,16 @@ def ldap_access_rules(accounts, base_dn, root_peer):
             raise AnsibleFilterError(f"ldap_service_accounts.{name}.read_attributes must be attribute names")
         rules.append(f'to dn.subtree="{domains}" attrs={",".join(attrs)} '
                      f'by dn.exact="cn={name},{services}" read by * break')
+    slot_access = []
+    for name, account in sorted(accounts.items()):
+        access = account.get("slots")
+        if access is None:
+            continue
+        if access not in ("read", "write"):
+            raise AnsibleFilterError(f"ldap_service_accounts.{name}.slots must be read or write")
+        slot_access.append(f'by dn.exact="cn={name},{services}" {access}')
+    if slot_access:
+        rules.append(f'to dn.subtree="ou=slots,{base_dn}" {" ".join(slot_access)} by * none')
     rules.append(f'to dn.subtree="{domains}" by self read by * none')
     rules.append("to * by * none")
     return rules

@@ -104,6 +104,12 @@ options:
       - Mailbox server of the user. When left out on create, it is picked from O(mailbox_hosts)
         by rendezvous hashing of the address; an existing value is only changed when this option
         is given.
+      - When the directory has the mailbox take-over map (C(ou=slots), decision 0010) and this
+        server is the home of slots, the user also gets one of them (C(ispmailMailboxSlot), shown as
+        C(mailbox_slot)), chosen by a hash of the address and kept while the server stays the same:
+        whoever holds the slot serves the user. A server without slots (a legacy host, the
+        V(moving) marker of a move) means a pin without slot. Existing users without a slot get one
+        on the next run.
     type: str
   mailbox_hosts:
     description:
@@ -177,6 +183,7 @@ entry:
     address: alice@example.com
     enabled: true
     mailbox_host: mbox01
+    mailbox_slot: cn=17,ou=slots,dc=ispmail,dc=test
     quota: 2147483648
     forward_to: []
     keep_copy: null
@@ -196,13 +203,14 @@ from ansible.module_utils.ispmail_ldap import (
     PASSWORD_CHANGED, PASSWORD_UNCHANGED, USER_FILTER_ACTIONS, Attr, IspmailError, Write, apply_to_attrs, apply_writes,
     attribute_changes, canonical_keyword_filters, connect, dn_of, domain_dn, domains_dn, encode,
     entry_view, equality_filter, find_duplicates, hash_password, merge_item_defaults, parse_quota,
-    password_matches, pick_mailbox_host, run_directory_module, search_subtree, validate_address,
-    validate_crypt_hash)
+    password_matches, pick_mailbox_host, pick_slot, read_slot_homes, run_directory_module, search_subtree,
+    slot_home_of, validate_address, validate_crypt_hash)
 
 USER_ATTRS = {
     "address": Attr("mail", "ci"),
     "enabled": Attr("ispmailEnabled", "bool"),
     "mailbox_host": Attr("ispmailMailboxHost", "ci"),
+    "mailbox_slot": Attr("ispmailMailboxSlot", "ci"),
     "quota": Attr("ispmailQuota", "int"),
     "forward_to": Attr("ispmailForwardTo", "ci_list"),
     "keep_copy": Attr("ispmailKeepCopy", "bool"),
@@ -272,7 +280,15 @@ def with_password_marker(view, stored_hash, changed):
     return dict(view, password=PASSWORD_UNCHANGED) if stored_hash else view
 
 
-def plan_user(user, current, domain_dns, mailbox_hosts, field, unset_checks="keep", repick=False):
+def slot_change(address, host, current_slot, slot_homes, base_dn):
+    """{"mailbox_slot": DN or None} when the user's slot must change for host, else {}."""
+    if not slot_homes or (current_slot and slot_home_of(current_slot, slot_homes) == host.lower()):
+        return {}
+    return {"mailbox_slot": pick_slot(address, host, slot_homes, base_dn)}
+
+
+def plan_user(user, current, domain_dns, mailbox_hosts, field, unset_checks="keep", repick=False,
+              slot_homes=None, base_dn=""):
     """(write or None, dn, before, after) for one user; raises before anything is written."""
     address = user["address"]
     if user["state"] == "absent":
@@ -296,6 +312,7 @@ def plan_user(user, current, domain_dns, mailbox_hosts, field, unset_checks="kee
             desired["mailbox_host"] = pick_mailbox_host(address, mailbox_hosts)
         desired.setdefault("enabled", True)
         desired["address"] = address
+        desired.update(slot_change(address, desired["mailbox_host"], None, slot_homes, base_dn))
         attrs = {USER_ATTRS[key].name: encode(USER_ATTRS[key].kind, value) for key, value in desired.items()}
         attrs.update(objectClass=["inetOrgPerson", "ispmailUser"], cn=[address], sn=[local_part], uid=[address])
         if password is not None:
@@ -311,6 +328,10 @@ def plan_user(user, current, domain_dns, mailbox_hosts, field, unset_checks="kee
         if not mailbox_hosts:
             raise IspmailError(f"{field}mailbox_hosts: needed to pick a mailbox server for {address}")
         desired["mailbox_host"] = pick_mailbox_host(address, mailbox_hosts)
+    host = desired.get("mailbox_host") or (attrs.get("ispmailmailboxhost") or [""])[0]
+    if host:
+        desired.update(slot_change(address, host, (attrs.get("ispmailmailboxslot") or [None])[0], slot_homes,
+                                   base_dn))
     stored_hash = (attrs.get("userpassword") or [None])[0]
     changes = attribute_changes(USER_ATTRS, attrs, desired)
     new_password = (password is not None and user["update_password"] == "always"
@@ -364,8 +385,9 @@ def run(module):
                                      f"(|(objectClass=ispmailDomain){equality_filter('mail', address)})",
                                      READ_ATTRIBUTES)
         domain_dns, existing = index_entries(entries)
+        slot_homes = read_slot_homes(conn, params["base_dn"])
         plans = [plan_user(user, existing.get(user["address"]), domain_dns, params["mailbox_hosts"], field,
-                           params["unset_checks"], params["repick_mailbox_host"])
+                           params["unset_checks"], params["repick_mailbox_host"], slot_homes, params["base_dn"])
                  for user, (_, field) in zip(users, items)]
         writes = [write for write, _, _, _ in plans if write]
         if writes and not module.check_mode:

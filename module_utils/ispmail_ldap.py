@@ -199,6 +199,46 @@ def pick_mailbox_host(address, hosts):
     return max(sorted(hosts), key=lambda host: hashlib.sha256(f"{host}\n{address}".encode()).digest())
 
 
+def slots_dn(base_dn):
+    """The mailbox take-over map (decision 0010): cn=<n> slot entries, cn=<server> entries."""
+    return f"ou=slots,{base_dn}"
+
+
+def slot_dn(number, base_dn):
+    return f"cn={number},{slots_dn(base_dn)}"
+
+
+def read_slot_homes(conn, base_dn):
+    """{home server: sorted slot numbers} of the map; {} when the directory has no map."""
+    homes = {}
+    for dn, attrs in search_subtree(conn, slots_dn(base_dn), "(objectClass=ispmailMailboxSlot)",
+                                    ["cn", "ispmailSlotHome"]):
+        home = (attrs.get("ispmailslothome") or [""])[0].lower()
+        if home:
+            homes.setdefault(home, []).append(int(attrs["cn"][0]))
+    return {home: sorted(numbers) for home, numbers in homes.items()}
+
+
+def pick_slot(address, host, slot_homes, base_dn):
+    """DN of the slot that serves address on host: one of the slots whose home is host, the
+    same for an address every time; None (the user stays pinned) when host has no slots, as
+    a legacy host in a migration or the `moving` marker."""
+    numbers = slot_homes.get(host.lower())
+    if not numbers:
+        return None
+    digest = int.from_bytes(hashlib.sha256(address.lower().encode()).digest()[:8], "big")
+    return slot_dn(numbers[digest % len(numbers)], base_dn)
+
+
+def slot_home_of(slot, slot_homes):
+    """Home server of a slot DN (None if not in the map)."""
+    number = slot.split(",", 1)[0].partition("=")[2]
+    for home, numbers in slot_homes.items():
+        if number.isdigit() and int(number) in numbers:
+            return home
+    return None
+
+
 # ---------------------------------------------------------------- option <-> attribute mapping
 
 class Attr(NamedTuple):

@@ -3,11 +3,13 @@ container) and repaired the same way. prepare() runs first and may say why a fau
 run; recovered() lists what is still wrong after the repair (empty: all back)."""
 
 import subprocess
+import time
 
 import containers  # tests/bench/side_by_side: podman(), sh()
 from delivery import queue_sizes
 
 FAULT_TABLE = "resilience_fault"  # nftables table of the network cut, nothing else in it
+HELD_FILE = "/run/ispmail/slots-held"  # platform_mailbox_held_slots_file: a mailbox server's slots
 
 
 def _sh(container, command, check=True, stdin=None):
@@ -111,6 +113,50 @@ class ContainerFault(Fault):
         if not problems:
             self.notes["queue_after_start"] = queue_sizes(self.container)
         return problems
+
+
+class MailboxServerFault(ContainerFault):
+    """A mailbox server stopped: the gateways' agents move its slots to the others (decision
+    0010). Back, it serves nothing until the slots are given back; recovered() does that
+    (ispmail-takeover failback on the first gateway) and waits until it holds them again."""
+
+    def __init__(self, lab, host, name, description, hard):
+        super().__init__(lab, host, name, description, hard)
+        self.failback_started = None
+
+    def _held(self, host):
+        lines = _sh(self.lab.container(host), f"cat {HELD_FILE}", check=False).splitlines()
+        return {int(line) for line in lines[1:] if line.strip().isdigit()}
+
+    def inject(self):
+        self.home = self._held(self.host)
+        self.others = [h for h in self.lab.groups["mailbox"] if h != self.host]
+        self.notes["home_slots"] = len(self.home)
+        self.stopped_at = time.monotonic()
+        super().inject()
+
+    def _note_takeover(self):
+        """Seconds from the stop until the others held every slot of this server."""
+        if "takeover_seconds" not in self.notes and self.home:
+            held = set().union(*(self._held(h) for h in self.others))
+            if self.home <= held:
+                self.notes["takeover_seconds"] = round(time.monotonic() - self.stopped_at, 1)
+
+    def recovered(self):
+        self._note_takeover()
+        problems = super().recovered()
+        if problems or not self.home:
+            return problems
+        if not self._held(self.host) >= self.home:
+            gateway = self.lab.container(self.lab.groups["gateway"][0])
+            if self.failback_started is None:
+                self.notes.setdefault("takeover_seconds", None)  # never seen complete
+                self.failback_started = time.monotonic()
+                self.notes["failback"] = _sh(gateway, f"ispmail-takeover failback {self.host}", check=False)
+            return [f"{self.host}: its {len(self.home - self._held(self.host))} slots not given back yet"]
+        if self.failback_started is not None:
+            self.notes.setdefault("failback_seconds", round(time.monotonic() - self.failback_started, 1))
+        return []
 
 
 class NetworkCut(Fault):
@@ -218,8 +264,9 @@ def all_faults(lab, gateway, mailbox):
     faults += [
         NetworkCut(lab, gateway, mailbox),
         QueueFull(lab, gateway),
-        ContainerFault(lab, mailbox, "mailbox-stop", f"mailbox server {mailbox} stopped (podman stop), then started",
-                       hard=False),
+        MailboxServerFault(lab, mailbox, "mailbox-stop",
+                           f"mailbox server {mailbox} stopped (podman stop): its slots taken over, then given back",
+                           hard=False),
         ContainerFault(lab, gateway, "gateway-kill", f"gateway {gateway} killed (podman kill), then started",
                        hard=True),
     ]

@@ -8,6 +8,7 @@ import ldap3
 import pytest
 
 import mail_domain
+import mail_slots
 import mail_user
 from ansible.module_utils.ispmail_ldap import pick_mailbox_host
 
@@ -93,7 +94,8 @@ def test_user_create_bind_and_idempotence(run_module, ldapi, slapd):
     assert created["entry"] == {
         "address": "alice@bind.test", "enabled": True, "mailbox_host": "mbox01", "quota": 2 * 1024 ** 3,
         "forward_to": ["alice@elsewhere.test"], "keep_copy": True, "spam_check": None, "virus_check": None,
-        "keyword_filters": [{"action": "folder", "contains": "[SPAM]", "folder": "Junk", "header": "Subject"}]}
+        "keyword_filters": [{"action": "folder", "contains": "[SPAM]", "folder": "Junk", "header": "Subject"}],
+        "mailbox_slot": None}  # no take-over map in this base
     assert created["diff"]["after"]["password"] == "(changed)"
     assert PASSWORD not in json.dumps(created) and "$6$" not in json.dumps(created)
 
@@ -326,3 +328,43 @@ def test_ansible_adhoc_check_diff_and_apply(ansible_adhoc, run_module, ldapi, sl
 
     rc, failed = ansible_adhoc("mail_domain", dict(ldapi, name="adhoc.test", state="absent"))
     assert rc != 0 and "adhoc.test" in failed["msg"] and "1 user" in failed["msg"]
+
+
+def test_slot_map_created_once_and_users_converted(run_module, ldapi, slapd):
+    # A base of its own: the map is global to a directory, and other tests use the session's.
+    base = f"ou=slotmap,{slapd.base_dn}"
+    conn = ldap3.Connection(slapd.ldap_uri.rstrip("/"), slapd.root_dn, slapd.root_pw, auto_bind=True)
+    for dn in (base, f"ou=domains,{base}"):
+        assert conn.add(dn, "organizationalUnit"), conn.result
+    conn.unbind()
+    args = dict(ldapi, base_dn=base)
+    assert not run_module(mail_domain, name="slots.test", **args).get("failed")
+    # A user made before the map has no slot; the map's run gives it one of its server's.
+    early = run_module(mail_user, address="early@slots.test", mailbox_host="mbox02", **args)
+    assert early["entry"]["mailbox_slot"] is None
+
+    first = run_module(mail_slots, servers=["mbox01", "mbox02"], slot_count=16, **args)
+    assert not first.get("failed"), first
+    summary = first["summary"]
+    assert first["changed"] and summary["slots_created"] == 16 and summary["servers_created"] == 2
+    assert summary["users_given_slot"] == 1 and summary["home"] == summary["holder"]
+    assert sum(summary["home"].values()) == 16 and set(summary["home"]) == {"mbox01", "mbox02"}
+    slot = read_entry(slapd, user_dn(slapd, "early@slots.test").replace(slapd.base_dn, base))["ispmailmailboxslot"][0]
+    stored = read_entry(slapd, slot)
+    assert stored["ispmailslothome"] == ["mbox02"] and stored["ispmailmailboxhost"] == ["mbox02"]
+    assert stored["ispmailslotepoch"] == ["1"]
+
+    again = run_module(mail_slots, servers=["mbox01", "mbox02"], slot_count=16, **args)
+    assert again["changed"] is False and again["summary"]["slots_created"] == 0
+
+    # New users get a slot of their server; a legacy host means a pin without slot.
+    new = run_module(mail_user, address="new@slots.test", mailbox_host="mbox01", **args)
+    assert read_entry(slapd, new["entry"]["mailbox_slot"])["ispmailslothome"] == ["mbox01"]
+    legacy = run_module(mail_user, address="old@slots.test", mailbox_host="legacy1", **args)
+    assert legacy["entry"]["mailbox_slot"] is None
+
+    # The size of a map is fixed; bad server names are refused before any write.
+    resized = run_module(mail_slots, servers=["mbox01", "mbox02"], slot_count=8, **args)
+    assert resized["failed"] and "cannot change" in resized["msg"]
+    bad = run_module(mail_slots, servers=["mbox 01"], **args)
+    assert bad["failed"] and "servers" in bad["msg"]

@@ -35,3 +35,22 @@ def test_attribute_names_are_checked():
     bad = dict(ACCOUNTS, gateway={"read_attributes": ["mail by * write"]})
     with pytest.raises(AnsibleFilterError, match="gateway.read_attributes"):
         ldap_access_rules(bad, BASE, ROOT)
+
+
+def test_slot_map_rule_lists_readers_and_writers_only():
+    accounts = dict(ACCOUNTS, takeover={"read_attributes": [], "slots": "write"},
+                    gateway=dict(ACCOUNTS["gateway"], slots="read"))
+    rules = ldap_access_rules(accounts, BASE, ROOT)
+    slot_rules = [r for r in rules if "ou=slots" in r]
+    assert slot_rules == [
+        'to dn.subtree="ou=slots,dc=ispmail,dc=test" '
+        'by dn.exact="cn=gateway,ou=services,dc=ispmail,dc=test" read '
+        'by dn.exact="cn=takeover,ou=services,dc=ispmail,dc=test" write by * none']
+    # Before the final deny, and the take-over account reads nothing under ou=domains.
+    assert rules.index(slot_rules[0]) < len(rules) - 1
+    assert not any("cn=takeover" in r and "ou=domains" in r for r in rules)
+
+
+def test_slot_access_is_checked():
+    with pytest.raises(AnsibleFilterError, match="gateway.slots"):
+        ldap_access_rules(dict(ACCOUNTS, gateway={"read_attributes": ["mail"], "slots": "manage"}), BASE, ROOT)

@@ -21,7 +21,7 @@ def test_values_keep_their_order_and_base64_is_decoded():
 
 def test_the_platform_schema_in_the_form_slapd_returns():
     schema = ldif_attributes(SCHEMA.read_text(), ["olcAttributeTypes", "olcObjectClasses"])
-    assert len(schema["olcObjectClasses"]) == 2
+    assert len(schema["olcObjectClasses"]) == 4
     assert schema["olcAttributeTypes"][0] == (
         "( 1.3.6.1.4.1.32473.1.1.1 NAME 'ispmailMailboxHost' DESC 'Mailbox server that serves this user "
         "(IMAP, POP3, LMTP)' EQUALITY caseIgnoreIA5Match SUBSTR caseIgnoreIA5SubstringsMatch "

@@ -252,6 +252,48 @@ def test_plan_create_in_unknown_domain_fails():
         mail_user.plan_user(user, None, DOMAINS, None, "users[0].")
 
 
+BASE = "dc=ispmail,dc=test"
+SLOT_HOMES = {"mbox01": [0, 2, 4], "mbox02": [1, 3]}
+
+
+def slot_number(dn):
+    return int(dn.split(",")[0].split("=")[1])
+
+
+def test_plan_create_gives_a_slot_of_the_users_server():
+    for address in (f"u{i}@x.test" for i in range(40)):
+        user = mail_user.normalise_user(user_item(address=address, mailbox_host="mbox02"), "")
+        write = mail_user.plan_user(user, None, DOMAINS, None, "", slot_homes=SLOT_HOMES, base_dn=BASE)[0]
+        (slot,) = write.attrs["ispmailMailboxSlot"]
+        assert slot.endswith(",ou=slots,dc=ispmail,dc=test") and slot_number(slot) in SLOT_HOMES["mbox02"]
+    # A legacy host has no slots: pinned, no slot; and a directory without the map: none either.
+    legacy = mail_user.normalise_user(user_item(address="a@x.test", mailbox_host="legacy1"), "")
+    assert not mail_user.plan_user(legacy, None, DOMAINS, None, "", slot_homes=SLOT_HOMES,
+                                   base_dn=BASE)[0].attrs.get("ispmailMailboxSlot")
+    assert not mail_user.plan_user(legacy, None, DOMAINS, None, "", slot_homes={},
+                                   base_dn=BASE)[0].attrs.get("ispmailMailboxSlot")
+
+
+def test_plan_keeps_the_slot_converts_and_follows_a_move():
+    dn = "mail=a@x.test,ou=x.test,ou=domains,dc=ispmail,dc=test"
+    attrs = {"mail": ["a@x.test"], "ispmailenabled": ["TRUE"], "ispmailmailboxhost": ["mbox01"]}
+    same = mail_user.normalise_user(user_item(address="a@x.test"), "")
+    # An existing user without a slot gets one of its server's (converted without moving).
+    write = mail_user.plan_user(same, (dn, attrs), DOMAINS, None, "", slot_homes=SLOT_HOMES, base_dn=BASE)[0]
+    assert set(write.attrs) == {"ispmailMailboxSlot"}
+    assert slot_number(write.attrs["ispmailMailboxSlot"][0]) in SLOT_HOMES["mbox01"]
+    # A slot of its server is kept, even one the hash would not pick (stable for ever).
+    held = dict(attrs, ispmailmailboxslot=["CN=4,ou=slots,dc=ispmail,dc=test"])
+    assert mail_user.plan_user(same, (dn, held), DOMAINS, None, "", slot_homes=SLOT_HOMES, base_dn=BASE)[0] is None
+    # A move: the hold (no slots at "moving") drops the slot, the flip gives one of the target.
+    hold = mail_user.normalise_user(user_item(address="a@x.test", mailbox_host="moving"), "")
+    write = mail_user.plan_user(hold, (dn, held), DOMAINS, None, "", slot_homes=SLOT_HOMES, base_dn=BASE)[0]
+    assert write.attrs == {"ispmailMailboxHost": ["moving"], "ispmailMailboxSlot": []}
+    flip = mail_user.normalise_user(user_item(address="a@x.test", mailbox_host="mbox02"), "")
+    write = mail_user.plan_user(flip, (dn, held), DOMAINS, None, "", slot_homes=SLOT_HOMES, base_dn=BASE)[0]
+    assert slot_number(write.attrs["ispmailMailboxSlot"][0]) in SLOT_HOMES["mbox02"]
+
+
 # ---------------------------------------------------------------- argument failures, before any LDAP
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,178 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: mail_slots
+short_description: Create the mailbox take-over map in the platform's OpenLDAP directory
+description:
+  - Creates the map of decision 0010 under C(ou=slots,<base_dn>) where it is missing, and never
+    changes an existing entry. A slot entry C(cn=<n>) names the server that holds it now
+    (C(ispmailMailboxHost)), its home (C(ispmailSlotHome)) and an epoch; a server entry
+    C(cn=<server>) collects the gateways' down votes. The take-over agents change holders and
+    votes; this module only fills in what is not there.
+  - A new slot's home and first holder is picked from O(servers) by rendezvous hashing of the
+    slot number, so every server is home to about as many slots.
+  - Users with a mailbox server that is the home of slots and no slot yet get one of that
+    server's slots (the same pick as M(mail_user)): existing directories are converted without
+    moving anyone.
+  - The number of slots is fixed once the map exists; a server added later has no home slots and
+    its users stay pinned (C(ispmailMailboxHost) only) until the map is rebalanced.
+version_added: "1.0.0"
+author: ISP mail platform team
+requirements:
+  - ldap3 (Python library) on the host that runs the module
+options:
+  servers:
+    description: Names of the mailbox servers, as users' C(ispmailMailboxHost) names them.
+    type: list
+    elements: str
+    required: true
+  slot_count:
+    description: Number of slots of a new map. Must match an existing map.
+    type: int
+    default: 256
+extends_documentation_fragment:
+  - ispmail_ldap
+"""
+
+EXAMPLES = r"""
+- name: Create the take-over map and give existing users a slot
+  mail_slots:
+    base_dn: dc=ispmail,dc=test
+    servers: [mbox01, mbox02, mbox03]
+"""
+
+RETURN = r"""
+summary:
+  description: What was created, and how many slots each server is home to and holds now.
+  returned: always
+  type: dict
+  sample: {slots_created: 256, servers_created: 3, users_given_slot: 5000,
+           home: {mbox01: 85, mbox02: 86, mbox03: 85}, holder: {mbox01: 85, mbox02: 86, mbox03: 85},
+           servers_without_slots: []}
+"""
+
+import re
+
+from ansible.module_utils.ispmail_ldap import (
+    CONNECTION_ARGUMENT_SPEC, CONNECTION_REQUIRED_TOGETHER, LDAP3_IMPORT_ERROR, IspmailError, Write, apply_writes,
+    connect, domains_dn, pick_mailbox_host, pick_slot, search_subtree, slot_dn, slots_dn)
+
+SERVER_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+
+
+def plan_map(servers, slot_count, existing, base_dn):
+    """Writes that create the missing map entries; existing is [(dn, attrs)] under ou=slots."""
+    numbers, server_names, map_exists = set(), set(), False
+    for dn, attrs in existing:
+        classes = {value.lower() for value in attrs.get("objectclass", [])}
+        if dn.lower() == slots_dn(base_dn).lower():
+            map_exists = True
+        elif "ispmailmailboxslot" in classes:
+            numbers.add(int(attrs["cn"][0]))
+        elif "ispmailmailboxserver" in classes:
+            server_names.add(attrs["cn"][0].lower())
+    if numbers and max(numbers) >= slot_count:
+        raise IspmailError(f"slot_count: the map in LDAP has slot {max(numbers)}; a map's size cannot change "
+                           f"(got {slot_count})")
+    writes = [] if map_exists else [Write("add", slots_dn(base_dn), {"objectClass": ["organizationalUnit"],
+                                                                      "ou": ["slots"]})]
+    for number in range(slot_count):
+        if number not in numbers:
+            home = pick_mailbox_host(str(number), servers)
+            writes.append(Write("add", slot_dn(number, base_dn), {
+                "objectClass": ["ispmailMailboxSlot"], "cn": [str(number)], "ispmailMailboxHost": [home],
+                "ispmailSlotHome": [home], "ispmailSlotEpoch": ["1"]}))
+    for server in servers:
+        if server not in server_names:
+            writes.append(Write("add", f"cn={server},{slots_dn(base_dn)}",
+                                {"objectClass": ["ispmailMailboxServer"], "cn": [server]}))
+    return writes
+
+
+def slot_homes_after(existing, writes):
+    """({home: [numbers]}, {holder: count}) of the map once writes are applied."""
+    homes, holders = {}, {}
+    slots = [attrs for _, attrs in existing if "ispmailmailboxslot" in
+             {value.lower() for value in attrs.get("objectclass", [])}]
+    slots += [{name.lower(): values for name, values in write.attrs.items()} for write in writes
+              if write.attrs.get("objectClass") == ["ispmailMailboxSlot"]]
+    for attrs in slots:
+        number = int(attrs["cn"][0])
+        homes.setdefault(attrs["ispmailslothome"][0].lower(), []).append(number)
+        holder = attrs["ispmailmailboxhost"][0].lower()
+        holders[holder] = holders.get(holder, 0) + 1
+    return {home: sorted(numbers) for home, numbers in homes.items()}, holders
+
+
+def plan_users(users, slot_homes, base_dn):
+    """Modifies that give each user of a server with home slots, and no slot, one of them."""
+    writes = []
+    for dn, attrs in users:
+        host = (attrs.get("ispmailmailboxhost") or [""])[0]
+        slot = pick_slot(attrs["mail"][0], host, slot_homes, base_dn) if host else None
+        if slot:
+            writes.append(Write("modify", dn, {"ispmailMailboxSlot": [slot]}))
+    return writes
+
+
+def run(module):
+    params = module.params
+    servers = [name.strip().lower() for name in params["servers"]]
+    bad = [name for name in servers if not SERVER_NAME.fullmatch(name)]
+    if not servers or bad:
+        raise IspmailError(f"servers: give the mailbox servers' names (got {params['servers']!r})")
+    if len(set(servers)) != len(servers):
+        raise IspmailError(f"servers: listed more than once: {params['servers']!r}")
+    if not 1 <= params["slot_count"] <= 4096:
+        raise IspmailError(f"slot_count: must be 1..4096 (got {params['slot_count']})")
+    base_dn = params["base_dn"]
+
+    conn = connect(params)
+    try:
+        existing = search_subtree(conn, slots_dn(base_dn), "(objectClass=*)",
+                                  ["objectClass", "cn", "ispmailMailboxHost", "ispmailSlotHome"])
+        map_writes = plan_map(servers, params["slot_count"], existing, base_dn)
+        slot_homes, holders = slot_homes_after(existing, map_writes)
+        users = search_subtree(conn, domains_dn(base_dn),
+                               "(&(objectClass=ispmailUser)(ispmailMailboxHost=*)(!(ispmailMailboxSlot=*)))",
+                               ["mail", "ispmailMailboxHost"])
+        user_writes = plan_users(users, slot_homes, base_dn)
+        if not module.check_mode:
+            apply_writes(conn, map_writes + user_writes, params["server_uri"])
+    finally:
+        conn.unbind()
+
+    summary = dict(
+        slots_created=sum(1 for w in map_writes if w.attrs.get("objectClass") == ["ispmailMailboxSlot"]),
+        servers_created=sum(1 for w in map_writes if w.attrs.get("objectClass") == ["ispmailMailboxServer"]),
+        users_given_slot=len(user_writes),
+        home={home: len(numbers) for home, numbers in sorted(slot_homes.items())},
+        holder=dict(sorted(holders.items())),
+        servers_without_slots=[name for name in servers if name not in slot_homes],
+    )
+    return dict(changed=bool(map_writes or user_writes), summary=summary)
+
+
+def main():
+    from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+    module = AnsibleModule(
+        argument_spec=dict(CONNECTION_ARGUMENT_SPEC, servers=dict(type="list", elements="str", required=True),
+                           slot_count=dict(type="int", default=256)),
+        required_together=CONNECTION_REQUIRED_TOGETHER,
+        supports_check_mode=True,
+    )
+    if LDAP3_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("ldap3"), exception=LDAP3_IMPORT_ERROR)
+    try:
+        module.exit_json(**run(module))
+    except IspmailError as exc:
+        module.fail_json(msg=str(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,721 @@
+"""The mailbox take-over agent's rules (roles/mailbox_takeover/files/ispmail-takeover), on a
+fake monotonic clock and a fake directory: the lease, when a holder opens and drops a slot,
+the held file, the rendezvous choice, the gateways' quorum and the compare-and-swap."""
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+AGENT = Path(__file__).resolve().parents[2] / "roles/mailbox_takeover/files/ispmail-takeover"
+loader = importlib.machinery.SourceFileLoader("ispmail_takeover", str(AGENT))
+spec = importlib.util.spec_from_loader(loader.name, loader)
+agent = importlib.util.module_from_spec(spec)
+sys.dont_write_bytecode, _bytecode = True, sys.dont_write_bytecode  # no __pycache__ in the role
+loader.exec_module(agent)
+sys.dont_write_bytecode = _bytecode
+
+P1, P2 = "ldap://ldap1.ispmail.test/", "ldap://ldap2.ispmail.test/"
+L, MARGIN, EXTRA = 20.0, 6.0, 2.0
+
+
+def slot_map(holders, epoch=1):
+    """{n: Slot} from {n: holder} (or a holder for slots 0..3)."""
+    if isinstance(holders, str):
+        holders = {n: holders for n in range(4)}
+    return {n: agent.Slot(h, epoch) for n, h in holders.items()}
+
+
+def holder(known=None, providers=(P1, P2)):
+    return agent.Holder("mbox1", providers, lease=L, fence_margin=MARGIN, open_margin=EXTRA, known=known)
+
+
+def reads(now, *maps):
+    """{provider: Read} sent at now (a map None: that provider failed)."""
+    return {p: agent.Read(now, m, "" if m is not None else "down") for p, m in zip((P1, P2), maps)}
+
+
+# Logging helpers --------------------------------------------------------------------------
+
+def test_ranges_compress_slot_numbers():
+    assert agent.ranges([5, 0, 1, 2, 7, 8, 2]) == "0-2,5,7-8"
+    assert agent.ranges([]) == "none"
+    assert agent.describe({0: 1, 1: 1, 2: 1, 9: 3}) == "0-2 at epoch 1, 9 at epoch 3"
+
+
+@given(st.sets(st.integers(0, 300)))
+def test_ranges_lose_no_slot(numbers):
+    text = agent.ranges(numbers)
+    back = set()
+    for part in text.split(",") if numbers else []:
+        low, _, high = part.partition("-")
+        back |= set(range(int(low), int(high or low) + 1))
+    assert back == numbers
+
+
+def test_slot_entries_parse_and_skip_broken_ones():
+    entries = [{"cn": ["3"], "ispmailMailboxHost": ["mbox1"], "ispmailSlotEpoch": ["7"], "ispmailSlotHome": ["mbox2"]},
+               {"CN": ["4"], "ISPMAILMAILBOXHOST": ["mbox2"], "ispmailslotepoch": ["1"]},
+               {"cn": ["x"], "ispmailMailboxHost": ["mbox1"], "ispmailSlotEpoch": ["1"]},
+               {"cn": ["5"], "ispmailSlotEpoch": ["1"]},
+               {"cn": ["6"], "ispmailMailboxHost": ["mbox1"], "ispmailSlotEpoch": ["one"]}]
+    assert agent.parse_slots(entries) == {3: agent.Slot("mbox1", 7, "mbox2"), 4: agent.Slot("mbox2", 1)}
+
+
+def test_slot_number_of_a_user_slot_dn():
+    base = "ou=slots,dc=ispmail,dc=test"
+    assert agent.slot_number("cn=17,ou=slots,dc=ispmail,dc=test", base) == 17
+    assert agent.slot_number("CN=17, OU=Slots, DC=ispmail, DC=test", base) == 17
+    assert agent.slot_number("cn=17,ou=domains,dc=ispmail,dc=test", base) is None
+    assert agent.slot_number("cn=mbox1,ou=slots,dc=ispmail,dc=test", base) is None
+
+
+# The lease --------------------------------------------------------------------------------
+
+def test_lease_is_valid_until_lease_minus_margin_after_the_read_was_sent():
+    h = holder()
+    assert not h.lease_valid(0.0) and h.lease_age(0.0) is None
+    h.update(3.0, reads(1.0, slot_map("mbox1"), None))  # sent at 1, answered at 3
+    assert h.lease_age(3.0) == 2.0
+    assert h.lease_valid(1.0 + L - MARGIN - 0.001)
+    assert not h.lease_valid(1.0 + L - MARGIN)
+    assert h.expires(3.0, 1000.0) == pytest.approx(1000.0 + (L - MARGIN) - 2.0)
+
+
+def test_a_late_answer_counts_from_when_it_was_sent():
+    h = holder()
+    h.update(10.0, {P1: agent.Read(10.0, slot_map("mbox1")), P2: None})
+    h.update(14.0, {P1: None, P2: agent.Read(2.0, slot_map("mbox1"))})  # hung since 2, answered now
+    assert h.lease_age(14.0) == 4.0
+
+
+def test_no_lease_before_the_first_read():
+    h = holder()
+    assert h.expires(5.0, 1000.0) == 1000.0
+    assert h.check(5.0).dropped == {}
+
+
+# Opening ----------------------------------------------------------------------------------
+
+def run_rounds(h, start, end, maps, step=4.0):
+    """Rounds every step seconds from start while < end; returns {slot: time opened}."""
+    opened, now = {}, start
+    while now < end:
+        outcome = h.update(now, reads(now, *maps(now)))
+        opened.update({n: now for n in outcome.opened})
+        now += step
+    return opened
+
+
+def test_a_new_slot_opens_lease_plus_margin_after_every_provider_showed_it():
+    h = holder()
+    opened = run_rounds(h, 0.0, 40.0, lambda now: (slot_map("mbox1"), slot_map("mbox1")))
+    assert set(opened.values()) == {24.0}  # the first round at or after 0 + L + 2
+    assert h.open == {0: 1, 1: 1, 2: 1, 3: 1}
+    assert h.known == h.open
+
+
+def test_the_wait_starts_when_every_provider_agrees():
+    h = holder()
+    # ldap2 still has the old holder until 8 s: the wait starts at 8.
+    opened = run_rounds(h, 0.0, 40.0, lambda now: (slot_map("mbox1"), slot_map("mbox2" if now < 8 else "mbox1")))
+    assert set(opened.values()) == {32.0}
+
+
+def test_one_provider_alone_never_starts_the_wait():
+    h = holder()
+    opened = run_rounds(h, 0.0, 60.0, lambda now: (slot_map("mbox1"), None))
+    assert opened == {} and h.pending == {} and h.lease_valid(56.0)
+
+
+def test_a_provider_missing_after_the_agreement_does_not_restart_the_wait():
+    h = holder()
+    opened = run_rounds(h, 0.0, 40.0, lambda now: (slot_map("mbox1"), slot_map("mbox1") if now < 5 else None))
+    assert set(opened.values()) == {24.0}
+
+
+def test_any_read_showing_otherwise_restarts_the_wait():
+    h = holder()
+    opened = run_rounds(h, 0.0, 60.0, lambda now: (
+        slot_map("mbox1"), slot_map("mbox2") if now == 12.0 else slot_map("mbox1")))
+    assert set(opened.values()) == {40.0}  # agreed again at 16
+
+
+def test_a_slot_held_before_reopens_at_once_with_one_provider_down():
+    h = holder(known={0: 1, 1: 1})
+    outcome = h.update(0.5, reads(0.0, slot_map("mbox1"), None))
+    assert outcome.opened == {0: 1, 1: 1}
+    assert h.pending == {}  # 2 and 3 were never held: they wait for both providers
+
+
+def test_a_slot_held_before_stays_shut_when_a_provider_says_otherwise():
+    h = holder(known={0: 1, 1: 1})
+    outcome = h.update(0.5, reads(0.0, slot_map("mbox1"), slot_map({0: "mbox2", 1: "mbox1"}, epoch=1)))
+    assert outcome.opened == {1: 1}
+    assert h.known == {1: 1}  # 0 is forgotten: it is someone else's now
+    assert h.update(4.5, reads(4.0, slot_map("mbox1"), None)).opened == {}
+
+
+def test_a_slot_held_before_at_another_epoch_waits():
+    h = holder(known={0: 1})
+    assert h.update(0.5, reads(0.0, slot_map("mbox1", epoch=3), slot_map("mbox1", epoch=3))).opened == {}
+    assert h.known == {} and h.pending[0] == (3, 0.5)
+
+
+# Dropping ---------------------------------------------------------------------------------
+
+def test_a_slot_is_dropped_at_once_when_a_read_names_another_holder_or_epoch():
+    h = holder(known={0: 1, 1: 1, 2: 1, 3: 1})
+    h.update(0.5, reads(0.0, slot_map("mbox1"), slot_map("mbox1")))
+    changed = slot_map("mbox1")
+    changed[1] = agent.Slot("mbox2", 2)
+    changed[2] = agent.Slot("mbox1", 5)
+    del changed[3]
+    outcome = h.update(4.5, reads(4.0, slot_map("mbox1"), changed))
+    assert outcome.dropped == outcome.lost == {1: 1, 2: 1, 3: 1}
+    assert h.open == {0: 1} and h.known == {0: 1}
+    # The sessions must be gone 1 s before a taker could open: last confirmed (sent at 4 on
+    # ldap1, which still showed it) + L - 1.
+    assert h.fence_deadline == 4.0 + L - 1
+
+
+def test_every_slot_goes_with_the_lease_and_comes_back_with_it():
+    h = holder(known={0: 1})
+    h.update(0.5, reads(0.0, slot_map("mbox1"), slot_map("mbox1")))
+    assert h.open == {0: 1}
+    for now in (4.0, 8.0, 12.0):
+        assert h.update(now + 0.5, reads(now, None, None)).dropped == {}
+    outcome = h.check(L - MARGIN)  # 14 s after the last read was sent
+    assert outcome.lease_lost and outcome.dropped == {0: 1} and outcome.lost == {}
+    assert h.open == {} and h.known == {0: 1}
+    assert h.fence_deadline == 0.0 + L - 1
+    assert agent.parse_held(agent.held_text(h.expires(L - MARGIN, 1000.0), h.open)) == (1000.0, [])
+    back = h.update(20.5, reads(20.0, slot_map("mbox1"), None))
+    assert back.lease_regained and back.opened == {0: 1}
+
+
+@st.composite
+def scenarios(draw):
+    """A slot moving from mbox1 to mbox2 at epoch 2: when the change lands on each provider,
+    and which reads of each holder fail or hang."""
+    landing = draw(st.lists(st.floats(0, 40), min_size=2, max_size=2))
+    rounds = 30
+    answers = st.lists(st.tuples(st.booleans(), st.floats(0, 3)), min_size=rounds, max_size=rounds)
+    return landing, draw(answers), draw(answers), draw(answers), draw(answers), draw(st.floats(0, 3.9))
+
+
+@given(scenarios())
+def test_two_holders_never_serve_one_slot_at_once(scenario):
+    """The lease argument: the old holder's last served moment (the held file's expiry, or a
+    drop) comes before the new holder opens, whatever fails and whenever the change lands."""
+    landing, old_p1, old_p2, new_p1, new_p2, offset = scenario
+    old, new = agent.Holder("mbox1", (P1, P2), L, MARGIN, EXTRA, known={0: 1}), agent.Holder("mbox2", (P1, P2), L,
+                                                                                               MARGIN, EXTRA)
+
+    def read(provider, sent, latency):
+        served = sent + latency  # a provider answers with its state when it serves the search
+        moved = served >= landing[(P1, P2).index(provider)]
+        return agent.Read(sent, {0: agent.Slot("mbox2", 2) if moved else agent.Slot("mbox1", 1)})
+
+    old_serves_until, new_opens_at = -1.0, None
+    for index in range(30):
+        for h, answers, start in ((old, (old_p1, old_p2), 0.0), (new, (new_p1, new_p2), offset)):
+            sent = start + 4.0 * index
+            got = {}
+            for provider, (ok, latency) in zip((P1, P2), (answers[0][index], answers[1][index])):
+                got[provider] = read(provider, sent, latency) if ok else None
+            now = sent + max(latency for _, latency in (answers[0][index], answers[1][index]))
+            outcome = h.update(now, got)
+            if h is old and 0 in old.open:
+                old_serves_until = max(old_serves_until, old.last_ok + L - MARGIN)
+            if h is new and 0 in outcome.opened and new_opens_at is None:
+                new_opens_at = now
+    if new_opens_at is not None:
+        assert new_opens_at >= max(landing) + L + EXTRA
+        assert old_serves_until < new_opens_at
+
+
+# The held file ----------------------------------------------------------------------------
+
+def test_held_file_format():
+    text = agent.held_text(1733526000.25, {7: 2, 0: 1, 255: 1})
+    assert text == "expires 1733526000.250\n0\n7\n255\n"
+    assert agent.parse_held(text) == (1733526000.25, [0, 7, 255])
+    assert agent.held_text(5.0, {}) == "expires 5.000\n"
+    with pytest.raises(ValueError):
+        agent.parse_held("0\n1\n")
+
+
+@given(st.floats(0, 2e9), st.sets(st.integers(0, 255)))
+def test_held_file_round_trip(expires, slots):
+    back, listed = agent.parse_held(agent.held_text(expires, dict.fromkeys(slots, 1)))
+    assert listed == sorted(slots) and back == pytest.approx(expires, abs=0.001)
+
+
+def test_held_file_is_replaced_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "ispmail" / "slots-held"
+    agent.write_atomically(str(path), agent.held_text(10.0, {1: 1}), 0o644)
+    assert path.read_text() == "expires 10.000\n1\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755
+    inode = path.stat().st_ino
+    agent.write_atomically(str(path), agent.held_text(14.0, {}), 0o644)
+    assert path.read_text() == "expires 14.000\n" and path.stat().st_ino != inode  # a new file, renamed
+
+    def broken(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(agent.os, "replace", broken)
+    with pytest.raises(OSError):
+        agent.write_atomically(str(path), "half", 0o644)
+    assert path.read_text() == "expires 14.000\n"
+    assert os.listdir(path.parent) == ["slots-held"]
+
+
+def test_known_slots_survive_a_restart(tmp_path):
+    path = tmp_path / "slots-held.json"
+    assert agent.load_known(str(path)) == {}
+    agent.write_atomically(str(path), agent.known_text({3: 2, 1: 1}))
+    assert agent.load_known(str(path)) == {1: 1, 3: 2}
+    path.write_text("not json")
+    assert agent.load_known(str(path)) == {}
+
+
+# Sessions ---------------------------------------------------------------------------------
+
+def test_doveadm_output_is_parsed_in_either_form():
+    tab = "username\tservice\tpid\tip\nann@example.test\timap\t812\t10.0.0.1\nann@example.test\tpop3\t9\t\n" \
+          "bob@example.test\timap\t813\t10.0.0.2\n"
+    assert agent.parse_who(tab) == ["ann@example.test", "bob@example.test"]
+    table = "username         service pid  ip\nann@example.test imap    812  10.0.0.1\n\n"
+    assert agent.parse_who(table) == ["ann@example.test"]
+    assert agent.parse_who("") == []
+    proxy = "username\tproto\tsrc ip\tdest ip\tport\nann@example.test\timap\t10.0.0.9\t10.213.0.41\t143\n"
+    assert agent.parse_proxy_list(proxy) == [("ann@example.test", "10.213.0.41")]
+    assert agent.parse_proxy_list("username proto src ip dest ip port\nann imap 1.2.3.4 10.0.0.41 143\n") == [
+        ("ann", "10.0.0.41")]
+
+
+def test_sessions_to_end_are_those_of_slots_not_held_or_unknown():
+    slots = {"a": 1, "b": 2, "pinned": -1, "broken": None}
+    assert agent.sessions_to_end(["a", "b", "pinned", "broken"], slots, {1}) == ["b", "broken"]
+
+
+def test_filter_values_are_escaped():
+    query = agent.user_slots_query(["a*b@example.test", "x(y)\\z"])
+    assert query == "(&(objectClass=ispmailUser)(|(mail=a\\2ab@example.test)(mail=x\\28y\\29\\5cz)))"
+
+
+class FakeCommands:
+    def __init__(self, sessions=(), proxied=()):
+        self.calls, self._sessions, self._proxied = [], sessions, list(proxied)
+
+    def run(self, argv, quiet=False):
+        self.calls.append(("run", *argv))
+        return 0, ""
+
+    def flush_auth_cache(self):
+        self.calls.append(("flush",))
+
+    def sessions(self):
+        return None if self._sessions is None else list(self._sessions)
+
+    def kick(self, user):
+        self.calls.append(("kick", user))
+
+    def kill_dovecot(self):
+        self.calls.append(("kill",))
+
+    def proxied(self):
+        return self._proxied
+
+    def proxy_kick_host(self, address):
+        self.calls.append(("proxy-kick-host", address))
+
+    def proxy_kick_users(self, users):
+        self.calls.append(("proxy-kick", *users))
+
+
+def config(tmp_path, **more):
+    return {"mode": "holder", "name": "mbox1", "base_dn": "dc=ispmail,dc=test", "providers": [P1, P2],
+            "bind_dn": "cn=mailbox,ou=services,dc=ispmail,dc=test", "bind_password": "x", "lease": L,
+            "fence_margin": MARGIN, "held_file": str(tmp_path / "held"), "known_file": str(tmp_path / "known.json"),
+            "state_file": str(tmp_path / "state.json"), **more}
+
+
+def test_holder_kicks_the_dropped_slots_users_then_kills_dovecot(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(agent.time, "monotonic", lambda: clock[0])
+    commands = FakeCommands(sessions=["ann", "bob", "pinned"])
+    daemon = agent.HolderDaemon(config(tmp_path), commands=commands)
+    daemon.user_slots = lambda users: {"ann": 1, "bob": 2, "pinned": -1}
+    daemon.holder.open = {2: 1}
+    daemon.holder.fence_deadline = 110.0
+    daemon.enforce()
+    assert commands.calls == [("kick", "ann")]
+    clock[0] = 110.0
+    daemon.enforce()
+    assert commands.calls[-1] == ("kill",) and daemon.holder.fence_deadline is None
+
+
+def test_holder_writes_the_held_file_and_its_state(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent.time, "monotonic", lambda: 50.0)
+    monkeypatch.setattr(agent.time, "time", lambda: 1000.0)
+    daemon = agent.HolderDaemon(config(tmp_path), commands=FakeCommands())
+    daemon.holder.update(50.0, reads(48.0, slot_map("mbox1"), None))
+    daemon.holder.open = {0: 1, 1: 1}
+    daemon.holder.known = {0: 1, 1: 1}
+    daemon.write_files()
+    assert agent.parse_held((tmp_path / "held").read_text()) == (1000.0 + L - MARGIN - 2.0, [0, 1])
+    assert agent.load_known(str(tmp_path / "known.json")) == {0: 1, 1: 1}
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["mode"] == "holder" and state["open_slots"] == "0-1" and state["lease"]["valid"]
+    assert state["providers"]["ldap1.ispmail.test"]["ok"] is True
+    assert state["providers"]["ldap2.ispmail.test"]["ok"] is False
+
+
+def test_status_prints_the_state(tmp_path, capsys):
+    path = tmp_path / "takeover.json"
+    path.write_text(json.dumps(config(tmp_path)))
+    assert agent.main(["--config", str(path), "status"]) == 1
+    (tmp_path / "state.json").write_text(json.dumps({"mode": "holder", "written": 0}))
+    assert agent.main(["--config", str(path), "status"]) == 0
+    assert json.loads(capsys.readouterr().out)["mode"] == "holder"
+
+
+def test_sd_notify_speaks_to_the_socket(tmp_path, monkeypatch):
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        assert agent.sd_notify("WATCHDOG=1")
+        assert listener.recv(100) == b"WATCHDOG=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not agent.sd_notify("READY=1")
+
+
+# Observers --------------------------------------------------------------------------------
+
+def test_health_needs_failures_in_a_row_to_go_down_and_successes_to_come_back():
+    h = agent.Health(failures=5, successes=2)
+    assert [h.record(False, t) for t in range(4)] == [None] * 4
+    assert h.record(True, 4) is None and h.failures == 0  # the streak is broken
+    assert [h.record(False, t) for t in range(5, 10)] == [None] * 4 + ["down"]
+    assert h.down and h.since == 9
+    assert h.record(False, 10) is None
+    assert h.record(True, 11) is None and h.record(False, 12) is None
+    assert h.record(True, 13) is None and h.record(True, 14) == "up" and not h.down
+
+
+@pytest.mark.parametrize("gateways,needed", [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)])
+def test_majority(gateways, needed):
+    assert agent.majority(gateways) == needed
+
+
+def test_quorum_counts_each_known_gateway_once():
+    gateways = ["gw1", "gw2", "gw3"]
+    assert not agent.has_quorum(["gw1"], gateways)
+    assert agent.has_quorum(["gw1", "GW2"], gateways)
+    assert not agent.has_quorum(["gw1", "gw1", "gw9"], gateways)
+    assert agent.has_quorum(["gw1", "gw2", "gw3"], gateways)
+
+
+def test_rendezvous_takes_the_highest_hash():
+    import hashlib
+    servers = ["mbox1", "mbox2", "mbox3"]
+    for slot in range(20):
+        best = max(servers, key=lambda s: hashlib.sha256(f"{slot}:{s}".encode()).digest())
+        assert agent.rendezvous(slot, servers) == best == agent.rendezvous(slot, list(reversed(servers)))
+    assert agent.rendezvous(1, []) is None
+
+
+@given(st.sets(st.sampled_from([f"mbox{i}" for i in range(1, 7)]), min_size=2), st.integers(0, 255))
+def test_rendezvous_moves_only_what_the_lost_server_had(servers, slot):
+    servers = sorted(servers)
+    winner = agent.rendezvous(slot, servers)
+    for gone in servers:
+        if gone != winner:
+            assert agent.rendezvous(slot, [s for s in servers if s != gone]) == winner
+
+
+def test_rendezvous_spreads_a_servers_slots():
+    counts = {}
+    for slot in range(256):
+        new = agent.rendezvous(slot, ["mbox2", "mbox3", "mbox4"])
+        counts[new] = counts.get(new, 0) + 1
+    assert min(counts.values()) > 50
+
+
+def test_take_over_plan_moves_only_the_down_servers_slots():
+    slots = {0: agent.Slot("mbox1", 1), 1: agent.Slot("MBOX1", 4), 2: agent.Slot("mbox2", 1)}
+    plan = agent.plan_takeover(slots, "mbox1", ["mbox1", "mbox2", "mbox3"])
+    assert [(n, old, epoch) for n, old, _, epoch in plan] == [(0, "mbox1", 1), (1, "MBOX1", 4)]
+    assert all(new in ("mbox2", "mbox3") and new == agent.rendezvous(n, ["mbox2", "mbox3"]) for n, _, new, _ in plan)
+    assert agent.plan_takeover(slots, "mbox1", ["mbox1"]) == []
+
+
+def test_moved_slots():
+    before = {0: agent.Slot("mbox1", 1), 1: agent.Slot("mbox1", 1), 2: agent.Slot("mbox2", 1)}
+    after = {0: agent.Slot("mbox2", 2), 1: agent.Slot("MBOX1", 1), 2: agent.Slot("mbox2", 1), 3: agent.Slot("x", 1)}
+    assert agent.moved_slots(before, after) == {0: ("mbox1", "mbox2")}
+
+
+# Compare-and-swap against a fake arbiter --------------------------------------------------
+
+class FakeArbiter:
+    """An ldap3-style connection to one directory: modify applies its changes in order and
+    all or nothing, as slapd does (deleting a value that is not there: noSuchAttribute)."""
+
+    def __init__(self, entries):
+        self.entries = {dn.lower(): {k.lower(): list(v) for k, v in attrs.items()} for dn, attrs in entries.items()}
+        self.result = {}
+
+    def _done(self, code, description="success"):
+        self.result = {"result": code, "description": description}
+        return code == 0
+
+    def modify(self, dn, changes):
+        entry = self.entries.get(dn.lower())
+        if entry is None:
+            return self._done(32, "noSuchObject")
+        new = {k: list(v) for k, v in entry.items()}
+        for name, operations in changes.items():
+            values = new.setdefault(name.lower(), [])
+            for operation, given in operations if isinstance(operations, list) else [operations]:
+                for value in given:
+                    present = [v for v in values if v.lower() == value.lower()]
+                    if operation == agent.MODIFY_DELETE:
+                        if not present:
+                            return self._done(16, "noSuchAttribute")
+                        values.remove(present[0])
+                    elif present:
+                        return self._done(20, "attributeOrValueExists")
+                    else:
+                        values.append(value)
+            if name.lower() in ("ispmailmailboxhost", "ispmailslotepoch") and len(values) > 1:
+                return self._done(19, "constraintViolation")
+        self.entries[dn.lower()] = {k: v for k, v in new.items() if v}
+        return self._done(0)
+
+    def add(self, dn, object_class, attributes):
+        self.entries[dn.lower()] = {"objectclass": [object_class] if isinstance(object_class, str) else object_class,
+                                    **{k.lower(): [v] for k, v in attributes.items()}}
+        return self._done(0)
+
+    def search(self, base, filter_text, search_scope="SUBTREE", attributes=None):
+        base = base.lower()
+        if search_scope == "BASE":
+            found = [(base, self.entries[base])] if base in self.entries else []
+        else:
+            found = [(dn, attrs) for dn, attrs in self.entries.items() if dn.endswith("," + base)]
+        if "ispmailmailboxslot" in filter_text.lower():
+            found = [(dn, attrs) for dn, attrs in found if "ispmailslotepoch" in attrs]
+        wanted = {name.lower() for name in attributes or []}
+        self.response = [{"type": "searchResEntry", "dn": dn,
+                          "raw_attributes": {k: [v.encode() for v in vs] for k, vs in attrs.items()
+                                             if not wanted or k in wanted}}
+                         for dn, attrs in found]
+        return self._done(0)
+
+
+BASE = "dc=ispmail,dc=test"
+
+
+def arbiter(holders, homes=None, epoch=1):
+    entries = {f"cn={n},ou=slots,{BASE}": {"cn": [str(n)], "ispmailMailboxHost": [h], "ispmailSlotEpoch": [str(epoch)],
+                                           "ispmailSlotHome": [(homes or {}).get(n, h)]}
+               for n, h in holders.items()}
+    entries[f"cn=mbox1,ou=slots,{BASE}"] = {"cn": ["mbox1"]}
+    return FakeArbiter(entries)
+
+
+def test_two_takers_race_and_one_wins():
+    conn = arbiter({7: "mbox1"})
+    assert agent.compare_and_swap(conn, BASE, 7, "mbox1", "mbox2", 1) is True
+    assert agent.compare_and_swap(conn, BASE, 7, "mbox1", "mbox3", 1) is False
+    assert agent.read_slots(conn, BASE) == {7: agent.Slot("mbox2", 2)}
+
+
+def test_a_stale_epoch_loses_even_with_the_right_holder():
+    conn = arbiter({7: "mbox1"}, epoch=3)
+    assert agent.compare_and_swap(conn, BASE, 7, "mbox1", "mbox2", 2) is False
+    assert agent.read_slots(conn, BASE) == {7: agent.Slot("mbox1", 3)}  # all or nothing
+
+
+def test_other_errors_are_not_conflicts():
+    with pytest.raises(agent.LdapError, match="noSuchObject"):
+        agent.compare_and_swap(arbiter({}), BASE, 9, "mbox1", "mbox2", 1)
+
+
+def test_votes_are_idempotent():
+    conn = arbiter({})
+    assert agent.set_vote(conn, BASE, "mbox1", "gw1", down=True)
+    assert agent.set_vote(conn, BASE, "mbox1", "gw1", down=True)  # already there
+    assert agent.set_vote(conn, BASE, "mbox1", "gw2", down=True)
+    assert agent.read_votes(conn, BASE, "mbox1") == ["gw1", "gw2"]
+    assert agent.set_vote(conn, BASE, "mbox1", "gw1", down=False)
+    assert agent.set_vote(conn, BASE, "mbox1", "gw1", down=False)  # already gone
+    assert agent.read_votes(conn, BASE, "mbox1") == ["gw2"]
+    assert agent.set_vote(conn, BASE, "mbox9", "gw1", down=False)  # no entry, no vote
+    assert agent.set_vote(conn, BASE, "mbox9", "gw1", down=True)  # the entry is made
+    assert agent.read_votes(conn, BASE, "mbox9") == ["gw1"]
+
+
+def observer_state(**servers):
+    return {"mode": "observer", "servers": {name: {"state": state} for name, state in servers.items()}}
+
+
+def test_failback_moves_the_home_slots_back():
+    conn = arbiter({0: "mbox2", 1: "mbox3", 2: "mbox1", 3: "mbox2"}, homes={0: "mbox1", 1: "mbox1", 2: "mbox1"})
+    code, message = agent.failback({"base_dn": BASE}, "mbox1", conn, observer_state(mbox1="up"))
+    assert code == 0 and message == "moved 2 slots back to mbox1: 0-1"
+    assert agent.read_slots(conn, BASE) == {0: agent.Slot("mbox1", 2), 1: agent.Slot("mbox1", 2),
+                                            2: agent.Slot("mbox1", 1), 3: agent.Slot("mbox2", 1)}
+    assert agent.failback({"base_dn": BASE}, "mbox1", conn, observer_state(mbox1="up"))[1] == \
+        "moved 0 slots back to mbox1"
+
+
+def test_failback_refuses_a_server_the_observer_does_not_see_up():
+    conn = arbiter({0: "mbox2"}, homes={0: "mbox1"})
+    assert agent.failback({"base_dn": BASE}, "mbox1", conn, observer_state(mbox1="down"))[0] == 2
+    assert agent.failback({"base_dn": BASE}, "mbox7", conn, observer_state(mbox1="up"))[0] == 2
+    assert agent.read_slots(conn, BASE) == {0: agent.Slot("mbox2", 1)}
+
+
+def test_failback_without_a_running_observer_is_refused(tmp_path):
+    path = tmp_path / "takeover.json"
+    path.write_text(json.dumps({**config(tmp_path), "mode": "observer"}))
+    assert agent.main(["--config", str(path), "failback", "mbox1"]) == 2
+
+
+def observer(tmp_path, commands):
+    cfg = {**config(tmp_path), "mode": "observer", "name": "gw1", "gateways": ["gw1", "gw2", "gw3"],
+           "servers": {"mbox1": "10.0.0.41", "mbox2": "10.0.0.42"},
+           "flush_commands": ["/usr/sbin/postqueue -c /etc/postfix-mbox -f"], "flush_after": [3, 15]}
+    return agent.ObserverDaemon(cfg, commands=commands, probe=lambda *args: (True, ""))
+
+
+def test_observer_follows_a_take_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent.time, "monotonic", lambda: 100.0)
+    commands = FakeCommands()
+    daemon = observer(tmp_path, commands)
+    for _ in range(5):
+        daemon.health["mbox1"].record(False, 90.0)
+    daemon.follow({0: ("mbox1", "mbox2"), 1: ("mbox1", "mbox2")})
+    assert commands.calls == [("flush",), ("proxy-kick-host", "10.0.0.41")]
+    assert [(when, " ".join(argv)) for when, argv in daemon.flushes] == [
+        (100.0 + L + 3, "/usr/sbin/postqueue -c /etc/postfix-mbox -f"),
+        (100.0 + L + 15, "/usr/sbin/postqueue -c /etc/postfix-mbox -f")]
+    daemon.follow({2: ("mbox1", "mbox2")})  # the same flushes again: not twice
+    assert len(daemon.flushes) == 2
+
+
+def test_observer_follows_a_failback_user_by_user(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent.time, "monotonic", lambda: 100.0)
+    commands = FakeCommands(proxied=[("ann", "10.0.0.42"), ("bob", "10.0.0.42"), ("cid", "10.0.0.41")])
+    daemon = observer(tmp_path, commands)
+    daemon.user_slots = lambda users: {"ann": 5, "bob": 6}
+    daemon.follow({5: ("mbox2", "mbox1")})
+    assert commands.calls == [("flush",), ("proxy-kick", "ann")]
+
+
+def test_observer_runs_due_flushes_once(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(agent.time, "monotonic", lambda: clock[0])
+    commands = FakeCommands()
+    daemon = observer(tmp_path, commands)
+    daemon.flushes = [(110.0, ["postqueue", "-f"]), (120.0, ["postqueue", "-f"])]
+    clock[0] = 111.0
+    daemon.run_flushes()
+    daemon.run_flushes()
+    assert commands.calls == [("run", "postqueue", "-f")] and len(daemon.flushes) == 1
+
+
+def test_observer_takes_over_with_a_majority(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent.time, "monotonic", lambda: 100.0)
+    daemon = observer(tmp_path, FakeCommands())
+    fake = arbiter({0: "mbox1", 1: "mbox1", 2: "mbox2"})
+
+    class Arbiter:
+        def run(self, operation):
+            return operation(fake)
+
+    daemon.arbiter = Arbiter()
+    for _ in range(5):
+        daemon.health["mbox1"].record(False, 90.0)
+    daemon.vote["mbox1"] = {"down": True, "synced": False}
+    daemon.sync_votes()
+    daemon.take_over()
+    assert agent.read_slots(fake, BASE)[0].holder == "mbox1"  # one vote of three: nothing moves
+    fake.modify(f"cn=mbox1,ou=slots,{BASE}", {"ispmailDownVote": [(agent.MODIFY_ADD, ["gw3"])]})
+    daemon.take_over()
+    assert agent.read_slots(fake, BASE) == {0: agent.Slot("mbox2", 2), 1: agent.Slot("mbox2", 2),
+                                            2: agent.Slot("mbox2", 1)}
+    assert daemon.last_takeover["moved"] == {"mbox2": "0-1"} and daemon.last_takeover["down_for"] == 10.0
+
+
+# The LMTP probe against a local server ----------------------------------------------------
+
+def lmtp_server(replies):
+    """A one-connection server on 127.0.0.1 that sends replies[0] at once, then one reply per
+    line received; returns (port, lines received)."""
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    received = []
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as stream:
+            if replies[0]:
+                conn.sendall(replies[0])
+            for reply in replies[1:]:
+                line = stream.readline()
+                if not line:
+                    break
+                received.append(line.decode().strip())
+                if reply:
+                    conn.sendall(reply)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], received
+
+
+def test_probe_speaks_lmtp():
+    port, received = lmtp_server([b"220 mbox1 Dovecot ready.\r\n",
+                                  b"250-mbox1\r\n250-8BITMIME\r\n250 PIPELINING\r\n", b"221 2.0.0 OK\r\n"])
+    assert agent.lmtp_probe("127.0.0.1", port, "gw1", 1) == (True, "")
+    assert received == ["LHLO gw1", "QUIT"]
+
+
+def test_probe_fails_on_a_refusal_a_bad_greeting_and_silence():
+    port, _ = lmtp_server([b"421 4.3.2 shutting down\r\n"])
+    assert agent.lmtp_probe("127.0.0.1", port, "gw1", 1) == (False, "greeting 421")
+    port, _ = lmtp_server([b"220 ready\r\n", b"451 4.3.0 no\r\n"])
+    assert agent.lmtp_probe("127.0.0.1", port, "gw1", 1) == (False, "LHLO answered 451")
+    port, _ = lmtp_server([b"", b""])  # accepts, says nothing: a paused server
+    ok, error = agent.lmtp_probe("127.0.0.1", port, "gw1", 0.5)
+    assert not ok and "timed out" in error
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        free = closed.getsockname()[1]
+    ok, error = agent.lmtp_probe("127.0.0.1", free, "gw1", 1)
+    assert not ok and "ConnectionRefused" in error
+
+
+def test_sd_notify_never_waits_for_a_full_socket(tmp_path, monkeypatch):
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)  # and never read: its queue fills up
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        sent = [agent.sd_notify("WATCHDOG=1") for _ in range(2000)]
+        assert sent[0] and not sent[-1]
