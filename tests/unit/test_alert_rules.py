@@ -33,6 +33,8 @@ ALERTS = {
     "LoadBalancerBackendDown", "LoadBalancerSplitWrong", "ScrapeTargetDown", "LdapProviderDown",
     "LdapReplicaLagging", "RspamdDown", "ClamdDown", "ClamdSignaturesStale", "RedisDown",
     "FilesystemFilling", "InodesFilling", "CertificateExpiring", "MetricsCollectorFailing",
+    "MailboxServerUnreachable", "MailboxTakeoverBlocked", "MailboxSlotsAway", "MailboxLeaseLost",
+    "MailboxTakeoverAgentStale",
 }
 
 

@@ -719,3 +719,165 @@ def test_sd_notify_never_waits_for_a_full_socket(tmp_path, monkeypatch):
         monkeypatch.setenv("NOTIFY_SOCKET", address)
         sent = [agent.sd_notify("WATCHDOG=1") for _ in range(2000)]
         assert sent[0] and not sent[-1]
+
+
+# Metrics (node-exporter's textfile collector) -----------------------------------------------
+
+def parsed_metrics(text):
+    """{(name, ((label, value), ...)): value} of a text-format exposition, which must parse, with
+    HELP and TYPE gauge for every family and nothing per slot."""
+    from prometheus_client.parser import text_string_to_metric_families
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        assert family.type == "gauge" and family.documentation, family.name
+        assert family.name.startswith("ispmail_takeover_")
+        for sample in family.samples:
+            assert "slot" not in sample.labels
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def holder_metrics_state():
+    return {"mode": "holder", "name": "mbox1", "written": 1000.5, "pid": 1,
+            "lease": {"valid": True, "age": 1.25, "expires": 1013.0},
+            "open": {"0": 1, "1": 1, "2": 3}, "open_slots": "0-2",
+            "pending": {"7": {"epoch": 2, "opens_in": 12.0}}, "known": {"0": 1},
+            "providers": {"ldap1.ispmail.test": {"ok": True, "age": 1.25, "error": ""},
+                          "ldap2.ispmail.test": {"ok": False, "age": 9.0, "error": "timeout"},
+                          "ldap3.ispmail.test": None},
+            "fence_deadline_in": None}
+
+
+def observer_metrics_state():
+    return {"mode": "observer", "name": "gw1", "written": 2000.0, "pid": 2, "gateways": ["gw1", "gw2", "gw3"],
+            "majority": 2,
+            "servers": {"mbox1": {"state": "down", "failures": 9, "successes": 0, "error": "refused", "since": 12.0,
+                                  "votes": ["gw1", "gw2"], "my_vote": {"down": True, "synced": True}},
+                        "mbox2": {"state": "up", "failures": 0, "successes": 40, "error": "", "since": None,
+                                  "votes": [], "my_vote": {"down": False, "synced": True}}},
+            "last_takeover": {"server": "mbox1", "when": 1990.25, "down_for": 10.0, "moved": {"mbox2": "0-1"},
+                              "conflicts": "none"},
+            "map": {"slots": 4, "age": 0.5, "error": "", "held": {"mbox1": 0, "mbox2": 4},
+                    "away": {"mbox1": 2, "mbox2": 0}},
+            "pending_flushes": [], "problems": []}
+
+
+def test_holder_metrics():
+    assert parsed_metrics(agent.metrics_text(holder_metrics_state())) == {
+        ("ispmail_takeover_lease_valid", ()): 1.0,
+        ("ispmail_takeover_lease_age_seconds", ()): 1.25,
+        ("ispmail_takeover_slots_open", ()): 3.0,
+        ("ispmail_takeover_slots_waiting", ()): 1.0,
+        ("ispmail_takeover_provider_up", (("provider", "ldap1.ispmail.test"),)): 1.0,
+        ("ispmail_takeover_provider_up", (("provider", "ldap2.ispmail.test"),)): 0.0,
+        ("ispmail_takeover_provider_up", (("provider", "ldap3.ispmail.test"),)): 0.0,
+        ("ispmail_takeover_agent_timestamp_seconds", ()): 1000.5,
+    }
+
+
+def test_holder_metrics_without_a_lease_yet():
+    state = {**holder_metrics_state(), "lease": {"valid": False, "age": None, "expires": None}, "open": {}, "pending": {}}
+    text = agent.metrics_text(state)
+    assert "ispmail_takeover_lease_age_seconds +Inf\n" in text
+    samples = parsed_metrics(text)
+    assert samples[("ispmail_takeover_lease_valid", ())] == 0.0
+    assert samples[("ispmail_takeover_slots_open", ())] == 0.0
+
+
+def test_observer_metrics():
+    assert parsed_metrics(agent.metrics_text(observer_metrics_state())) == {
+        ("ispmail_takeover_server_up", (("server", "mbox1"),)): 0.0,
+        ("ispmail_takeover_server_up", (("server", "mbox2"),)): 1.0,
+        ("ispmail_takeover_down_votes", (("server", "mbox1"),)): 2.0,
+        ("ispmail_takeover_down_votes", (("server", "mbox2"),)): 0.0,
+        ("ispmail_takeover_slots_held", (("server", "mbox1"),)): 0.0,
+        ("ispmail_takeover_slots_held", (("server", "mbox2"),)): 4.0,
+        ("ispmail_takeover_slots_away", (("server", "mbox1"),)): 2.0,
+        ("ispmail_takeover_slots_away", (("server", "mbox2"),)): 0.0,
+        ("ispmail_takeover_last_takeover_timestamp_seconds", ()): 1990.25,
+        ("ispmail_takeover_map_age_seconds", ()): 0.5,
+        ("ispmail_takeover_agent_timestamp_seconds", ()): 2000.0,
+    }
+
+
+def test_observer_metrics_before_the_first_map_and_take_over():
+    state = {**observer_metrics_state(), "last_takeover": None, "map": {"slots": 0, "age": None, "error": "down"}}
+    text = agent.metrics_text(state)
+    assert "ispmail_takeover_map_age_seconds +Inf\n" in text
+    assert "ispmail_takeover_slots_held" not in text and "ispmail_takeover_slots_away" not in text
+    assert parsed_metrics(text)[("ispmail_takeover_last_takeover_timestamp_seconds", ())] == 0.0
+
+
+def test_metrics_escape_label_values():
+    state = {**holder_metrics_state(), "providers": {'a"b\\c\nd': {"ok": True}}}
+    text = agent.metrics_text(state)
+    assert 'provider="a\\"b\\\\c\\nd"' in text
+    assert parsed_metrics(text)[("ispmail_takeover_provider_up", (("provider", 'a"b\\c\nd'),))] == 1.0
+
+
+def test_map_counts_held_and_away_by_home():
+    slots = {0: agent.Slot("mbox2", 2, "mbox1"), 1: agent.Slot("MBOX2", 2, "mbox1"), 2: agent.Slot("mbox2", 1, "mbox2"),
+             3: agent.Slot("mbox1", 1, "MBOX1"), 4: agent.Slot("mbox3", 1, "")}
+    assert agent.map_counts(slots, ["mbox1", "mbox2"]) == ({"mbox1": 1, "mbox2": 3, "mbox3": 1},
+                                                           {"mbox1": 2, "mbox2": 0})
+    assert agent.map_counts({}, ["mbox1"]) == ({"mbox1": 0}, {"mbox1": 0})
+
+
+def test_holder_writes_its_metrics_atomically(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent.time, "monotonic", lambda: 50.0)
+    monkeypatch.setattr(agent.time, "time", lambda: 1000.0)
+    metrics = tmp_path / "textfile" / "ispmail_takeover.prom"
+    daemon = agent.HolderDaemon(config(tmp_path, metrics_file=str(metrics)), commands=FakeCommands())
+    daemon.holder.update(50.0, reads(48.0, slot_map("mbox1"), None))
+    daemon.holder.open = {0: 1, 1: 1}
+    daemon.write_files()
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert metrics.read_text() == agent.metrics_text(state)
+    assert stat.S_IMODE(os.stat(metrics).st_mode) == 0o644
+    assert os.listdir(metrics.parent) == ["ispmail_takeover.prom"]  # no temporary file left
+    samples = parsed_metrics(metrics.read_text())
+    assert samples[("ispmail_takeover_slots_open", ())] == 2.0
+    assert samples[("ispmail_takeover_agent_timestamp_seconds", ())] == 1000.0
+
+
+def test_no_metrics_file_without_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent.time, "monotonic", lambda: 50.0)
+    daemon = agent.HolderDaemon(config(tmp_path), commands=FakeCommands())
+    daemon.write_files()
+    assert sorted(os.listdir(tmp_path)) == ["held", "state.json"]
+
+
+def test_a_failing_metrics_file_is_logged_once(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    metrics = agent.MetricsFile(str(tmp_path / "file" / "ispmail_takeover.prom"))  # its directory is a file
+    metrics.write(holder_metrics_state())
+    metrics.write(holder_metrics_state())
+    assert capsys.readouterr().err.count("cannot write the metrics") == 1
+
+
+def test_observer_writes_its_map_counts_and_forgets_votes_when_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent.time, "monotonic", lambda: 100.0)
+    metrics = tmp_path / "ispmail_takeover.prom"
+    daemon = observer(tmp_path, FakeCommands())
+    daemon.config["metrics_file"] = str(metrics)
+    daemon.metrics = agent.MetricsFile(str(metrics))
+    fake = arbiter({0: "mbox2", 1: "mbox2", 2: "mbox2"}, homes={0: "mbox1", 1: "mbox1"})
+
+    class Replica:
+        def run(self, operation):
+            return operation(fake)
+
+    daemon.replica = Replica()
+    daemon.watch_map()
+    daemon.votes_seen["mbox1"] = ["gw1", "gw2"]
+    daemon.write_state()
+    samples = parsed_metrics(metrics.read_text())
+    assert samples[("ispmail_takeover_slots_held", (("server", "mbox2"),))] == 3.0
+    assert samples[("ispmail_takeover_slots_away", (("server", "mbox1"),))] == 2.0
+    assert samples[("ispmail_takeover_down_votes", (("server", "mbox1"),))] == 2.0
+    assert samples[("ispmail_takeover_map_age_seconds", ())] == 0.0
+    assert samples[("ispmail_takeover_last_takeover_timestamp_seconds", ())] == 0.0
+    daemon.health["mbox1"].down = True
+    daemon.probe_all()
+    daemon.probe_all()  # two good probes: up again
+    assert not daemon.health["mbox1"].down and "mbox1" not in daemon.votes_seen
