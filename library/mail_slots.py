@@ -58,8 +58,8 @@ summary:
 import re
 
 from ansible.module_utils.ispmail_ldap import (
-    CONNECTION_ARGUMENT_SPEC, CONNECTION_REQUIRED_TOGETHER, LDAP3_IMPORT_ERROR, IspmailError, Write, apply_writes,
-    connect, domains_dn, pick_mailbox_host, pick_slot, search_subtree, slot_dn, slots_dn)
+    IspmailError, Write, apply_writes, connect, domains_dn, pick_mailbox_host, pick_slot, run_directory_module,
+    search_subtree, slot_dn, slots_dn)
 
 SERVER_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 
@@ -158,20 +158,8 @@ def run(module):
 
 
 def main():
-    from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-    module = AnsibleModule(
-        argument_spec=dict(CONNECTION_ARGUMENT_SPEC, servers=dict(type="list", elements="str", required=True),
-                           slot_count=dict(type="int", default=256)),
-        required_together=CONNECTION_REQUIRED_TOGETHER,
-        supports_check_mode=True,
-    )
-    if LDAP3_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("ldap3"), exception=LDAP3_IMPORT_ERROR)
-    try:
-        module.exit_json(**run(module))
-    except IspmailError as exc:
-        module.fail_json(msg=str(exc))
+    run_directory_module(dict(servers=dict(type="list", elements="str", required=True),
+                              slot_count=dict(type="int", default=256)), None, None, run)
 
 
 if __name__ == "__main__":

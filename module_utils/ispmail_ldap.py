@@ -444,13 +444,15 @@ def apply_writes(conn, writes, uri):
 
 
 def run_directory_module(argument_spec, single, bulk, run):
-    """Build the module (single form `single`, bulk form `bulk`), run it, report errors."""
+    """Build the module (single form `single`, bulk form `bulk`; None for a module with one
+    form), run it, report errors."""
     from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+    forms = [(single, bulk)] if single else []
     module = AnsibleModule(
         argument_spec=dict(CONNECTION_ARGUMENT_SPEC, **argument_spec),
-        mutually_exclusive=[(single, bulk)],
-        required_one_of=[(single, bulk)],
+        mutually_exclusive=forms,
+        required_one_of=forms,
         required_together=CONNECTION_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
