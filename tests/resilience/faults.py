@@ -243,6 +243,57 @@ class QueueFull(Fault):
         return [f"{self.host}: {self.FILL} still there"] if _ok(self.container, f"test -e {self.FILL}") else []
 
 
+class QueueThreshold(Fault):
+    """The gateway's queues made "full" for Postfix where the filesystem cannot be filled:
+    every instance's queue_minfree (the free space below which smtpd refuses with 452 4.3.1
+    Insufficient system storage, the same answer as on a full disk) is set above the space
+    that is free, and put back on repair. Mail already queued stays and waits."""
+
+    def __init__(self, lab, gateway):
+        super().__init__(lab, gateway)
+        self.name = "queue-threshold"
+        self.description = (f"{gateway}'s Postfix instances find their queue filesystem full "
+                            "(queue_minfree above the free space)")
+        self.saved = {}
+
+    def prepare(self):
+        dirs = _sh(self.container, "ls -d /etc/postfix /etc/postfix-* 2>/dev/null", check=False).split()
+        self.dirs = [d for d in dirs if _ok(self.container, f"test -f {d}/main.cf")]
+        if not self.dirs:
+            return f"no Postfix instance on {self.host}"
+        self.notes["instances"] = self.dirs
+        return None
+
+    def inject(self):
+        for config in self.dirs:
+            explicit = _sh(self.container, f"postconf -c {config} -n queue_minfree", check=False).strip()
+            self.saved[config] = explicit.partition("=")[2].strip() if explicit else None
+            queue = _sh(self.container, f"postconf -c {config} -h queue_directory").strip()
+            free = int(_sh(self.container, f"df -B1 --output=avail {queue} | tail -n 1").strip())
+            _sh(self.container, f"postconf -c {config} -e queue_minfree={queue_minfree_above(free)} "
+                                f"&& {_reload_if_running(config)}")
+
+    def repair(self):
+        for config, value in self.saved.items():
+            restore = f"-e queue_minfree={value}" if value is not None else "-X queue_minfree"
+            _sh(self.container, f"postconf -c {config} {restore} && {_reload_if_running(config)}")
+        self.saved = {}
+
+    def recovered(self):
+        return [f"{self.host}: {config} still has queue_minfree {value}" for config in getattr(self, "dirs", [])
+                for value in [_sh(self.container, f"postconf -c {config} -h queue_minfree", check=False).strip()]
+                if value.isdigit() and int(value) > 2**40]
+
+
+def _reload_if_running(config):
+    return f"{{ ! postfix -c {config} status 2>/dev/null || postfix -c {config} reload; }}"
+
+
+def queue_minfree_above(free):
+    """A queue_minfree that no free space of this host reaches: 1 TiB above it."""
+    return free + 2**40
+
+
 def _df(line):
     size, available, fstype = line.split()
     return int(size), int(available), fstype
@@ -264,6 +315,7 @@ def all_faults(lab, gateway, mailbox):
     faults += [
         NetworkCut(lab, gateway, mailbox),
         QueueFull(lab, gateway),
+        QueueThreshold(lab, gateway),
         MailboxServerFault(lab, mailbox, "mailbox-stop",
                            f"mailbox server {mailbox} stopped (podman stop): its slots taken over, then given back",
                            hard=False),

@@ -110,3 +110,8 @@ def test_a_queue_on_the_hosts_own_disk_is_not_filled():
     assert "no size limit" in faults.queue_full_possible((100 * GIB, 40 * GIB, "overlay"), host)
     assert "too much" in faults.queue_full_possible((20 * GIB, 10 * GIB, "xfs"), (100 * GIB, 40 * GIB, "ext4"))
     assert faults.queue_full_possible((1 * GIB, GIB // 2, "tmpfs"), (100 * GIB, 40 * GIB, "ext4")) is None
+
+
+def test_the_threshold_fault_asks_for_more_than_any_disk_has():
+    free = 80 * GIB
+    assert faults.queue_minfree_above(free) > free + 1000 * GIB
