@@ -16,7 +16,7 @@ description:
   - A new slot's home and first holder is picked from O(servers) by rendezvous hashing of the
     slot number, so every server is home to about as many slots.
   - Users with a mailbox server that is the home of slots and no slot yet get one of that
-    server's slots (the same pick as M(mail_user)): existing directories are converted without
+    server's slots (the same pick as M(mail_user)), so existing directories are converted without
     moving anyone.
   - The number of slots is fixed once the map exists; a server added later has no home slots and
     its users stay pinned (C(ispmailMailboxHost) only) until the map is rebalanced.
@@ -31,9 +31,15 @@ options:
     elements: str
     required: true
   slot_count:
-    description: Number of slots of a new map. Must match an existing map.
+    description: Number of slots of a new map; needed to create one. Must match an existing map.
     type: int
-    default: 256
+  epoch_floor:
+    description:
+      - Raise the epoch of every slot below this number to it (the holders stay). For a restore
+        of the directory (C(playbooks/restore.yml)), with the current time. A restored map repeats
+        old epochs, and a mailbox server reopens at once a slot it held at the same epoch; with a
+        new epoch every server waits for the lease first (decision 0010).
+    type: int
 extends_documentation_fragment:
   - ispmail_ldap
 """
@@ -43,6 +49,13 @@ EXAMPLES = r"""
   mail_slots:
     base_dn: dc=ispmail,dc=test
     servers: [mbox01, mbox02, mbox03]
+    slot_count: 256
+
+- name: After a restore, make every mailbox server wait for its lease
+  mail_slots:
+    base_dn: dc=ispmail,dc=test
+    servers: [mbox01, mbox02, mbox03]
+    epoch_floor: "{{ now(utc=true).timestamp() | int }}"
 """
 
 RETURN = r"""
@@ -50,7 +63,7 @@ summary:
   description: What was created, and how many slots each server is home to and holds now.
   returned: always
   type: dict
-  sample: {slots_created: 256, servers_created: 3, users_given_slot: 5000,
+  sample: {slots_created: 256, servers_created: 3, users_given_slot: 5000, epochs_raised: 0,
            home: {mbox01: 85, mbox02: 86, mbox03: 85}, holder: {mbox01: 85, mbox02: 86, mbox03: 85},
            servers_without_slots: []}
 """
@@ -75,6 +88,10 @@ def plan_map(servers, slot_count, existing, base_dn):
             numbers.add(int(attrs["cn"][0]))
         elif "ispmailmailboxserver" in classes:
             server_names.add(attrs["cn"][0].lower())
+    if slot_count is None:
+        if not numbers:
+            raise IspmailError("slot_count: needed to create the map (the directory has none)")
+        slot_count = max(numbers) + 1
     if numbers and max(numbers) >= slot_count:
         raise IspmailError(f"slot_count: the map in LDAP has slot {max(numbers)}; a map's size cannot change "
                            f"(got {slot_count})")
@@ -119,6 +136,14 @@ def plan_users(users, slot_homes, base_dn):
     return writes
 
 
+def plan_epochs(existing, floor):
+    """Modifies that raise every existing slot's epoch below floor to it."""
+    if floor is None:
+        return []
+    return [Write("modify", dn, {"ispmailSlotEpoch": [str(floor)]}) for dn, attrs in existing
+            if attrs.get("ispmailslotepoch") and int(attrs["ispmailslotepoch"][0]) < floor]
+
+
 def run(module):
     params = module.params
     servers = [name.strip().lower() for name in params["servers"]]
@@ -127,22 +152,23 @@ def run(module):
         raise IspmailError(f"servers: give the mailbox servers' names (got {params['servers']!r})")
     if len(set(servers)) != len(servers):
         raise IspmailError(f"servers: listed more than once: {params['servers']!r}")
-    if not 1 <= params["slot_count"] <= 4096:
+    if params["slot_count"] is not None and not 1 <= params["slot_count"] <= 4096:
         raise IspmailError(f"slot_count: must be 1..4096 (got {params['slot_count']})")
     base_dn = params["base_dn"]
 
     conn = connect(params)
     try:
         existing = search_subtree(conn, slots_dn(base_dn), "(objectClass=*)",
-                                  ["objectClass", "cn", "ispmailMailboxHost", "ispmailSlotHome"])
+                                  ["objectClass", "cn", "ispmailMailboxHost", "ispmailSlotHome", "ispmailSlotEpoch"])
         map_writes = plan_map(servers, params["slot_count"], existing, base_dn)
         slot_homes, holders = slot_homes_after(existing, map_writes)
         users = search_subtree(conn, domains_dn(base_dn),
                                "(&(objectClass=ispmailUser)(ispmailMailboxHost=*)(!(ispmailMailboxSlot=*)))",
                                ["mail", "ispmailMailboxHost"])
         user_writes = plan_users(users, slot_homes, base_dn)
+        epoch_writes = plan_epochs(existing, params["epoch_floor"])
         if not module.check_mode:
-            apply_writes(conn, map_writes + user_writes, params["server_uri"])
+            apply_writes(conn, map_writes + user_writes + epoch_writes, params["server_uri"])
     finally:
         conn.unbind()
 
@@ -153,13 +179,15 @@ def run(module):
         home={home: len(numbers) for home, numbers in sorted(slot_homes.items())},
         holder=dict(sorted(holders.items())),
         servers_without_slots=[name for name in servers if name not in slot_homes],
+        epochs_raised=len(epoch_writes),
     )
-    return dict(changed=bool(map_writes or user_writes), summary=summary)
+    return dict(changed=bool(map_writes or user_writes or epoch_writes), summary=summary)
 
 
 def main():
     run_directory_module(dict(servers=dict(type="list", elements="str", required=True),
-                              slot_count=dict(type="int", default=256)), None, None, run)
+                              slot_count=dict(type="int"), epoch_floor=dict(type="int")),
+                         None, None, run)
 
 
 if __name__ == "__main__":

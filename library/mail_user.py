@@ -106,7 +106,7 @@ options:
         is given.
       - When the directory has the mailbox take-over map (C(ou=slots), decision 0010) and this
         server is the home of slots, the user also gets one of them (C(ispmailMailboxSlot), shown as
-        C(mailbox_slot)), chosen by a hash of the address and kept while the server stays the same:
+        C(mailbox_slot)), chosen by a hash of the address and kept while the server stays the same;
         whoever holds the slot serves the user. A server without slots (a legacy host, the
         V(moving) marker of a move) means a pin without slot. Existing users without a slot get one
         on the next run.

@@ -188,7 +188,8 @@ def test_backup_delete_restore_round_trip(lab, lab_host, tmp_path, backup_users)
     assert rc == 0, out
     assert "every replica refilled" in out, out
     for user in users:
-        assert wait_for(lambda: imap_ok(lab, user, PASSWORDS[user]), 30), f"{user} cannot log in after the restore"
+        # New epochs for the take-over map: the mailbox servers wait for their lease first.
+        assert wait_for(lambda: imap_ok(lab, user, PASSWORDS[user]), 90), f"{user} cannot log in after the restore"
         assert inbox_has(lab, user, subjects[user]), f"{user}'s old message is gone"
     # Every copy of the directory agrees again, and a restored user is found everywhere.
     reports = wait_until_caught_up(lab, lab_host, timeout=60)

@@ -363,6 +363,14 @@ def test_slot_map_created_once_and_users_converted(run_module, ldapi, slapd):
     legacy = run_module(mail_user, address="old@slots.test", mailbox_host="legacy1", **args)
     assert legacy["entry"]["mailbox_slot"] is None
 
+    # A restore's epoch floor: every slot gets a new epoch, the holders stay; once only.
+    floor = run_module(mail_slots, servers=["mbox01", "mbox02"], epoch_floor=1796600000, **args)  # size: the map's
+    assert floor["changed"] and floor["summary"]["epochs_raised"] == 16
+    assert read_entry(slapd, slot)["ispmailslotepoch"] == ["1796600000"]
+    assert read_entry(slapd, slot)["ispmailmailboxhost"] == ["mbox02"]
+    assert run_module(mail_slots, servers=["mbox01", "mbox02"], slot_count=16, epoch_floor=1796600000,
+                      **args)["changed"] is False
+
     # The size of a map is fixed; bad server names are refused before any write.
     resized = run_module(mail_slots, servers=["mbox01", "mbox02"], slot_count=8, **args)
     assert resized["failed"] and "cannot change" in resized["msg"]

@@ -37,18 +37,21 @@ def test_attribute_names_are_checked():
         ldap_access_rules(bad, BASE, ROOT)
 
 
-def test_slot_map_rule_lists_readers_and_writers_only():
+def test_slot_map_rules_read_for_all_write_only_holders_and_votes_on_the_arbiter():
     accounts = dict(ACCOUNTS, takeover={"read_attributes": [], "slots": "write"},
                     gateway=dict(ACCOUNTS["gateway"], slots="read"))
-    rules = ldap_access_rules(accounts, BASE, ROOT)
-    slot_rules = [r for r in rules if "ou=slots" in r]
-    assert slot_rules == [
-        'to dn.subtree="ou=slots,dc=ispmail,dc=test" '
-        'by dn.exact="cn=gateway,ou=services,dc=ispmail,dc=test" read '
-        'by dn.exact="cn=takeover,ou=services,dc=ispmail,dc=test" write by * none']
+    takeover = 'by dn.exact="cn=takeover,ou=services,dc=ispmail,dc=test"'
+    gateway = 'by dn.exact="cn=gateway,ou=services,dc=ispmail,dc=test"'
+    read_rule = f'to dn.subtree="ou=slots,dc=ispmail,dc=test" {gateway} read {takeover} read by * none'
+    elsewhere = ldap_access_rules(accounts, BASE, ROOT)
+    assert [r for r in elsewhere if "ou=slots" in r] == [read_rule]
+    arbiter = ldap_access_rules(accounts, BASE, ROOT, slot_writes=True)
+    assert [r for r in arbiter if "ou=slots" in r] == [
+        'to dn.subtree="ou=slots,dc=ispmail,dc=test" attrs=ispmailMailboxHost,ispmailSlotEpoch,ispmailDownVote '
+        f'{takeover} write by * break', read_rule]
     # Before the final deny, and the take-over account reads nothing under ou=domains.
-    assert rules.index(slot_rules[0]) < len(rules) - 1
-    assert not any("cn=takeover" in r and "ou=domains" in r for r in rules)
+    assert arbiter.index(read_rule) < len(arbiter) - 1
+    assert not any("cn=takeover" in r and "ou=domains" in r for r in arbiter)
 
 
 def test_slot_access_is_checked():
