@@ -57,7 +57,10 @@ def base(slapd):
                   "ispmailMailboxSlot": f"cn=3,ou=slots,{base}"}),
                 (f"mail=pat@example.test,ou=domains,{base}", ["inetOrgPerson", "ispmailUser"],
                  {"cn": "Pat", "sn": "Pat", "mail": "pat@example.test", "ispmailEnabled": "TRUE",
-                  "ispmailMailboxHost": "mbox2"})]
+                  "ispmailMailboxHost": "mbox2"}),
+                (f"mail=bad@example.test,ou=domains,{base}", ["inetOrgPerson", "ispmailUser"],
+                 {"cn": "Bad", "sn": "Bad", "mail": "bad@example.test", "ispmailEnabled": "TRUE",
+                  "ispmailMailboxSlot": f"cn=3,ou=domains,{base}"})]
     for dn, classes, attrs in entries:
         assert conn.add(dn, classes, attrs), (dn, conn.result)
     conn.unbind()
@@ -124,25 +127,66 @@ def test_a_stale_swap_fails_with_no_such_attribute_and_changes_nothing(slapd, ba
 
 
 def test_a_vote_round_trip(slapd, base):
+    """Votes carry their time; a refresh replaces a gateway's value in one modify; only fresh
+    votes count; a withdrawal removes every value of the gateway."""
     arbiter = ldap(slapd)
-    vote = lambda gateway, down: arbiter.run(lambda conn: agent.set_vote(conn, base, "mbox1", gateway, down))
+    vote = lambda gateway, down, when=None: arbiter.run(
+        lambda conn: agent.set_vote(conn, base, "mbox1", gateway, down, when))
     votes = lambda: arbiter.run(lambda conn: agent.read_votes(conn, base, "mbox1"))
     assert votes() == []
-    assert vote("gw1", True) and vote("gw2", True)
-    assert vote("gw1", True)  # already there (attributeOrValueExists): fine
-    assert votes() == ["gw1", "gw2"]
-    assert agent.has_quorum(votes(), ["gw1", "gw2", "gw3"])
+    assert vote("gw1", True, 1000) and vote("gw2", True, 1003)
+    assert vote("gw1", True, 1000)  # the same value: nothing to change
+    assert votes() == ["gw1 1000", "gw2 1003"]
+    assert vote("gw1", True, 1010)
+    assert votes() == ["gw1 1010", "gw2 1003"]
+    assert agent.fresh_votes(votes(), 1035) == ["gw1"]  # gw2's is 32 s old
+    assert agent.has_quorum(agent.fresh_votes(votes(), 1030), ["gw1", "gw2", "gw3"])
+    assert not agent.has_quorum(agent.fresh_votes(votes(), 1035), ["gw1", "gw2", "gw3"])
+    # A value from before votes had a time, and one spelled in capitals: both this gateway's.
+    conn = root(slapd)
+    assert conn.modify(f"cn=mbox1,ou=slots,{base}", {agent.VOTE: [(ldap3.MODIFY_ADD, ["gw1", "GW1 7"])]})
+    conn.unbind()
     assert vote("gw1", False)
-    assert vote("gw1", False)  # already gone (noSuchAttribute): fine
-    assert votes() == ["gw2"] and not agent.has_quorum(votes(), ["gw1", "gw2", "gw3"])
+    assert vote("gw1", False)  # already gone: fine
+    assert votes() == ["gw2 1003"] and not agent.has_quorum(agent.fresh_votes(votes(), 1003), ["gw1", "gw2", "gw3"])
+    assert arbiter.run(lambda conn: agent.read_all_votes(conn, base)) == {"mbox1": ["gw2 1003"], "mbox2": [],
+                                                                           "mbox3": []}
     assert vote("gw2", False) and votes() == []
     assert arbiter.run(lambda conn: agent.read_votes(conn, base, "mbox9")) == []
 
 
 def test_users_slots_from_the_directory(slapd, base):
     slots = agent.UserSlots(ldap(slapd), base)
-    assert slots(["ann@example.test", "ANN@example.test", "pat@example.test", "nobody@example.test"]) == {
-        "ann@example.test": 3, "ANN@example.test": 3, "pat@example.test": -1, "nobody@example.test": -1}
+    users = ["ann@example.test", "ANN@example.test", "pat@example.test", "nobody@example.test", "bad@example.test"]
+    assert slots(users) == {"ann@example.test": 3, "ANN@example.test": 3, "pat@example.test": agent.PINNED,
+                            "nobody@example.test": agent.PINNED, "bad@example.test": agent.UNPARSABLE}
+    assert agent.sessions_to_end(users, slots(users), {3}) == ["bad@example.test"]
+
+
+def test_a_map_over_the_size_limit_is_refused(slapd, base):
+    """A service account gets slapd's size limit (500 here: slapd's default; ldap_size_limit on the
+    platform) and sizeLimitExceeded for a larger map; an unlimited account gets every entry. The
+    agent refuses both rather than take a cut map for the whole."""
+    conn = root(slapd)
+    extra = [f"cn={n},ou=slots,{base}" for n in range(SLOTS, agent.MAX_SLOTS + 1)]
+    reader = f"cn=reader,{base}"
+    try:
+        for dn in extra:
+            assert conn.add(dn, ["ispmailMailboxSlot"], {"cn": dn[3:dn.index(",")], "ispmailMailboxHost": "mbox1",
+                                                         "ispmailSlotEpoch": "1"}), conn.result
+        assert conn.add(reader, ["person"], {"cn": "reader", "sn": "reader", "userPassword": "reader-secret"})
+        with pytest.raises(agent.MapTooLarge, match="size limit"):
+            agent.Ldap(slapd.ldap_uri, reader, "reader-secret", starttls=False).run(
+                lambda c: agent.read_slots(c, base))
+        with pytest.raises(agent.MapTooLarge, match="501 entries"):
+            ldap(slapd).run(lambda c: agent.read_slots(c, base))
+        conn.delete(extra.pop())
+        assert len(agent.Ldap(slapd.ldap_uri, reader, "reader-secret", starttls=False).run(
+            lambda c: agent.read_slots(c, base))) == agent.MAX_SLOTS
+    finally:
+        for dn in extra + [reader]:
+            conn.delete(dn)
+        conn.unbind()
 
 
 def test_an_unanswering_provider_fails_within_the_timeouts():
@@ -175,20 +219,23 @@ class Commands:
     def __init__(self):
         self.calls = []
 
-    def run(self, argv, quiet=False):
+    def run(self, argv, quiet=False, timeout=None):
         self.calls.append(tuple(argv))
         return 0, ""
 
-    def flush_auth_cache(self):
+    def flush_auth_cache(self, timeout=None):
         self.calls.append(("auth cache flush",))
 
-    def sessions(self):
+    def sessions(self, timeout=None):
         return []
 
-    def kick(self, user):
+    def kick(self, user, timeout=None):
         self.calls.append(("kick", user))
 
-    def kill_dovecot(self):
+    def kick_all(self, timeout=None):
+        self.calls.append(("kick", "*"))
+
+    def kill_dovecot(self, timeout=None):
         self.calls.append(("kill",))
 
     def proxied(self):
@@ -244,6 +291,7 @@ def test_observers_take_over_a_dead_server(slapd, base, tmp_path, monkeypatch):
                                   probe=lambda address, *_: (address != "10.0.0.41" or not dead, "refused"))
     arbiter = ldap(slapd)
     arbiter.run(lambda conn: agent.set_vote(conn, base, "mbox1", "gw1", True))  # a vote left from before
+    fresh = lambda: agent.fresh_votes(arbiter.run(lambda conn: agent.read_votes(conn, base, "mbox1")), time.time())
     for _ in range(4):
         daemon.round()
         clock[0] += 2
@@ -251,7 +299,7 @@ def test_observers_take_over_a_dead_server(slapd, base, tmp_path, monkeypatch):
     assert arbiter.run(lambda conn: agent.read_votes(conn, base, "mbox1")) == []  # withdrawn at start
     daemon.round()
     assert daemon.health["mbox1"].down
-    assert arbiter.run(lambda conn: agent.read_votes(conn, base, "mbox1")) == ["gw1"]
+    assert fresh() == ["gw1"]
     assert {s.holder for s in arbiter.run(lambda conn: agent.read_slots(conn, base)).values()} == {"mbox1"}
     arbiter.run(lambda conn: agent.set_vote(conn, base, "mbox1", "gw2", True))
     clock[0] += 2
@@ -268,7 +316,7 @@ def test_observers_take_over_a_dead_server(slapd, base, tmp_path, monkeypatch):
     for _ in range(2):
         clock[0] += 2
         daemon.round()
-    assert arbiter.run(lambda conn: agent.read_votes(conn, base, "mbox1")) == ["gw2"]
+    assert fresh() == ["gw2"]
     code, message = arbiter.run(lambda conn: agent.failback(config, "mbox1", conn, daemon.state()))
     assert code == 0 and message.startswith(f"moved {SLOTS} slots back to mbox1")
     assert {(s.holder, s.epoch) for s in arbiter.run(lambda conn: agent.read_slots(conn, base)).values()} == {
@@ -306,7 +354,7 @@ def stop(proc):
 
 
 def test_the_holder_runs_under_systemd_notify(slapd, base, tmp_path):
-    """The daemon as systemd runs it: READY=1 after its first round, WATCHDOG=1 every loop,
+    """The daemon as systemd runs it: READY=1 before its first round, WATCHDOG=1 every loop,
     the held file and the state written, `status` reads them."""
     (tmp_path / "known.json").write_text(agent.known_text({2: 1}))
     config = daemon_config(slapd, base, tmp_path, mode="holder", name="mbox1", held_file=str(tmp_path / "run/held"),
@@ -315,7 +363,7 @@ def test_the_holder_runs_under_systemd_notify(slapd, base, tmp_path):
     proc, sock = run_agent(config, tmp_path, "holder")
     try:
         messages = [sock.recv(100) for _ in range(4)]
-        assert messages[0] == b"READY=1" or b"READY=1" in messages
+        assert messages[0] == b"READY=1"
         assert messages.count(b"WATCHDOG=1") >= 2
         expires, slots = agent.parse_held((tmp_path / "run/held").read_text())
         assert slots == [2] and expires > time.time()

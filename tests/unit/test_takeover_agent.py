@@ -1,14 +1,18 @@
-"""The mailbox take-over agent's rules (roles/mailbox_takeover/files/ispmail-takeover), on a
-fake monotonic clock and a fake directory: the lease, when a holder opens and drops a slot,
-the held file, the rendezvous choice, the gateways' quorum and the compare-and-swap."""
+"""The mailbox take-over agent's rules (roles/mailbox_takeover/files/ispmail-takeover), on
+fake clocks and a fake directory: the lease, when a holder opens and drops a slot, the held
+file, the sessions it ends, the rendezvous choice, the gateways' votes and quorum and the
+compare-and-swap."""
 
 import importlib.machinery
 import importlib.util
 import json
+import math
 import os
 import socket
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +81,44 @@ def test_slot_number_of_a_user_slot_dn():
     assert agent.slot_number("cn=mbox1,ou=slots,dc=ispmail,dc=test", base) is None
 
 
+def test_slot_dns_tolerate_case_and_spaces():
+    base = "ou=slots,dc=ispmail,dc=test"
+    assert agent.slot_number("CN = 17 , OU = Slots , DC = ispmail , DC = test", base) == 17
+    assert agent.slot_number("cn=17,ou=slots,dc=isp mail,dc=test", base) is None  # a value's own spaces count
+    assert agent.user_slot("cn=17,ou=slots,dc=ispmail,dc=test", base) == 17
+    assert agent.user_slot(None, base) == agent.user_slot("", base) == agent.user_slot("  ", base) == agent.PINNED
+
+
+def user_directory(slots):
+    """A local replica with one user per {mail: ispmailMailboxSlot or None}."""
+    return FakeArbiter({f"mail={mail},ou=domains,{BASE}": {"mail": [mail], **({"ispmailMailboxSlot": [slot]} if slot
+                                                                               else {})}
+                        for mail, slot in slots.items()})
+
+
+def test_a_slot_dn_that_names_no_slot_of_the_map_is_never_open():
+    """Only no ispmailMailboxSlot at all makes a pinned user, whom the holder leaves to Dovecot's
+    check; any other value that is not cn=<n>,ou=slots,<base> is a slot not open here."""
+    users = {"ann": f"cn=3,ou=slots,{BASE}", "spaced": "CN = 3 , OU = Slots , DC = ispmail , DC = test",
+             "other-map": "cn=3,ou=slots,dc=other,dc=test", "not-the-map": f"cn=3,ou=elsewhere,{BASE}",
+             "not-a-number": f"cn=x3,ou=slots,{BASE}", "server-entry": f"cn=mbox1,ou=slots,{BASE}",
+             "pinned": None}
+    found = agent.UserSlots(Direct(user_directory(users)), BASE)(list(users) + ["unknown"])
+    assert agent.sessions_to_end(list(found), found, {3}) == ["not-a-number", "not-the-map", "other-map",
+                                                              "server-entry"]
+    assert found["ann"] == found["spaced"] == 3 and found["pinned"] == found["unknown"] == agent.PINNED
+    assert found["other-map"] == agent.UNPARSABLE
+
+
+def test_user_lookups_ping_the_watchdog_per_chunk():
+    told = []
+    users = {f"u{n}": f"cn=1,ou=slots,{BASE}" for n in range(2 * agent.LOOKUP_CHUNK + 1)}
+    slots = agent.UserSlots(Direct(user_directory(users)), BASE, notify=told.append)
+    assert set(slots(list(users)).values()) == {1}
+    assert told == ["WATCHDOG=1"] * 3
+    assert slots.wanted(list(users)) == [] and slots.cached(["u0", "nobody"]) == {"u0": 1, "nobody": None}
+
+
 # The lease --------------------------------------------------------------------------------
 
 def test_lease_is_valid_until_lease_minus_margin_after_the_read_was_sent():
@@ -86,7 +128,8 @@ def test_lease_is_valid_until_lease_minus_margin_after_the_read_was_sent():
     assert h.lease_age(3.0) == 2.0
     assert h.lease_valid(1.0 + L - MARGIN - 0.001)
     assert not h.lease_valid(1.0 + L - MARGIN)
-    assert h.expires(3.0, 1000.0) == pytest.approx(1000.0 + (L - MARGIN) - 2.0)
+    assert h.expires() == math.floor(1.0 + L - MARGIN)
+    assert h.held_expiry(3.0) == h.expires() and h.held_expiry(1.0 + L - MARGIN) == 0
 
 
 def test_a_late_answer_counts_from_when_it_was_sent():
@@ -94,11 +137,12 @@ def test_a_late_answer_counts_from_when_it_was_sent():
     h.update(10.0, {P1: agent.Read(10.0, slot_map("mbox1")), P2: None})
     h.update(14.0, {P1: None, P2: agent.Read(2.0, slot_map("mbox1"))})  # hung since 2, answered now
     assert h.lease_age(14.0) == 4.0
+    assert h.expires() == math.floor(10.0 + L - MARGIN)  # the older read extends nothing
 
 
 def test_no_lease_before_the_first_read():
     h = holder()
-    assert h.expires(5.0, 1000.0) == 1000.0
+    assert h.expires() is None and h.held_expiry(5.0) == 0
     assert h.check(5.0).dropped == {}
 
 
@@ -181,9 +225,10 @@ def test_a_slot_is_dropped_at_once_when_a_read_names_another_holder_or_epoch():
     outcome = h.update(4.5, reads(4.0, slot_map("mbox1"), changed))
     assert outcome.dropped == outcome.lost == {1: 1, 2: 1, 3: 1}
     assert h.open == {0: 1} and h.known == {0: 1}
-    # The sessions must be gone 1 s before a taker could open: last confirmed (sent at 4 on
-    # ldap1, which still showed it) + L - 1.
-    assert h.fence_deadline == 4.0 + L - 1
+    # The sessions must be gone by the last confirmation (sent at 4 on ldap1, which still
+    # showed it) + L - MARGIN, on both clocks: a taker opens L + EXTRA after the change landed.
+    assert h.fence_deadline == (4.0 + L - MARGIN, 4.0 + L - MARGIN)
+    assert h.deadline_left(5.0) == 4.0 + L - MARGIN - 5.0
 
 
 def test_every_slot_goes_with_the_lease_and_comes_back_with_it():
@@ -195,8 +240,8 @@ def test_every_slot_goes_with_the_lease_and_comes_back_with_it():
     outcome = h.check(L - MARGIN)  # 14 s after the last read was sent
     assert outcome.lease_lost and outcome.dropped == {0: 1} and outcome.lost == {}
     assert h.open == {} and h.known == {0: 1}
-    assert h.fence_deadline == 0.0 + L - 1
-    assert agent.parse_held(agent.held_text(h.expires(L - MARGIN, 1000.0), h.open)) == (1000.0, [])
+    assert h.fence_deadline == (0.0 + L - MARGIN, 0.0 + L - MARGIN)
+    assert agent.held_text(h.held_expiry(L - MARGIN), h.open) == "expires 0\n"
     back = h.update(20.5, reads(20.0, slot_map("mbox1"), None))
     assert back.lease_regained and back.opened == {0: 1}
 
@@ -234,7 +279,7 @@ def test_two_holders_never_serve_one_slot_at_once(scenario):
             now = sent + max(latency for _, latency in (answers[0][index], answers[1][index]))
             outcome = h.update(now, got)
             if h is old and 0 in old.open:
-                old_serves_until = max(old_serves_until, old.last_ok + L - MARGIN)
+                old_serves_until = max(old_serves_until, old.last_ok[0] + L - MARGIN)
             if h is new and 0 in outcome.opened and new_opens_at is None:
                 new_opens_at = now
     if new_opens_at is not None:
@@ -245,10 +290,10 @@ def test_two_holders_never_serve_one_slot_at_once(scenario):
 # The held file ----------------------------------------------------------------------------
 
 def test_held_file_format():
-    text = agent.held_text(1733526000.25, {7: 2, 0: 1, 255: 1})
-    assert text == "expires 1733526000.250\n0\n7\n255\n"
-    assert agent.parse_held(text) == (1733526000.25, [0, 7, 255])
-    assert agent.held_text(5.0, {}) == "expires 5.000\n"
+    text = agent.held_text(1733526000.75, {7: 2, 0: 1, 255: 1})
+    assert text == "expires 1733526000\n0\n7\n255\n"  # floored: Lua's os.time() is whole seconds
+    assert agent.parse_held(text) == (1733526000, [0, 7, 255])
+    assert agent.held_text(5.0, {}) == "expires 5\n"
     with pytest.raises(ValueError):
         agent.parse_held("0\n1\n")
 
@@ -256,18 +301,18 @@ def test_held_file_format():
 @given(st.floats(0, 2e9), st.sets(st.integers(0, 255)))
 def test_held_file_round_trip(expires, slots):
     back, listed = agent.parse_held(agent.held_text(expires, dict.fromkeys(slots, 1)))
-    assert listed == sorted(slots) and back == pytest.approx(expires, abs=0.001)
+    assert listed == sorted(slots) and back == math.floor(expires)
 
 
 def test_held_file_is_replaced_atomically(tmp_path, monkeypatch):
     path = tmp_path / "ispmail" / "slots-held"
     agent.write_atomically(str(path), agent.held_text(10.0, {1: 1}), 0o644)
-    assert path.read_text() == "expires 10.000\n1\n"
+    assert path.read_text() == "expires 10\n1\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755
     inode = path.stat().st_ino
     agent.write_atomically(str(path), agent.held_text(14.0, {}), 0o644)
-    assert path.read_text() == "expires 14.000\n" and path.stat().st_ino != inode  # a new file, renamed
+    assert path.read_text() == "expires 14\n" and path.stat().st_ino != inode  # a new file, renamed
 
     def broken(src, dst):
         raise OSError("disk full")
@@ -275,7 +320,7 @@ def test_held_file_is_replaced_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(agent.os, "replace", broken)
     with pytest.raises(OSError):
         agent.write_atomically(str(path), "half", 0o644)
-    assert path.read_text() == "expires 14.000\n"
+    assert path.read_text() == "expires 14\n"
     assert os.listdir(path.parent) == ["slots-held"]
 
 
@@ -286,6 +331,23 @@ def test_known_slots_survive_a_restart(tmp_path):
     assert agent.load_known(str(path)) == {1: 1, 3: 2}
     path.write_text("not json")
     assert agent.load_known(str(path)) == {}
+
+
+@pytest.mark.parametrize("content", [
+    b"not json", b"", b"[]", b"null", b'"slots"', b'{"slots": [1, 2]}', b'{"slots": {"a": 1}}',
+    b'{"slots": {"1": null}}', b'{"slots": {"1": [2]}}', b'{"slots": {"1": {"epoch": 2}}}', b"\xff\xfe\x00",
+    b"[" * 100000], ids=["text", "empty", "list", "null", "string", "slots-list", "bad-number", "null-epoch",
+                         "list-epoch", "dict-epoch", "binary", "deep"])
+def test_a_corrupt_known_file_is_ignored(tmp_path, content, capsys):
+    path = tmp_path / "slots-held.json"
+    path.write_bytes(content)
+    assert agent.load_known(str(path)) == {}
+    assert "ignoring" in capsys.readouterr().err
+
+
+def test_a_known_file_that_is_a_directory_is_ignored(tmp_path):
+    (tmp_path / "slots-held.json").mkdir()
+    assert agent.load_known(str(tmp_path / "slots-held.json")) == {}
 
 
 # Sessions ---------------------------------------------------------------------------------
@@ -306,6 +368,7 @@ def test_doveadm_output_is_parsed_in_either_form():
 def test_sessions_to_end_are_those_of_slots_not_held_or_unknown():
     slots = {"a": 1, "b": 2, "pinned": -1, "broken": None}
     assert agent.sessions_to_end(["a", "b", "pinned", "broken"], slots, {1}) == ["b", "broken"]
+    assert agent.sessions_to_end(["a", "b", "pinned", "broken"], slots, {1}, unknown=False) == ["b"]
 
 
 def test_filter_values_are_escaped():
@@ -314,24 +377,35 @@ def test_filter_values_are_escaped():
 
 
 class FakeCommands:
+    """doveadm and systemctl, recorded: calls in order, and (command, timeout) of the holder's."""
+
     def __init__(self, sessions=(), proxied=()):
         self.calls, self._sessions, self._proxied = [], sessions, list(proxied)
+        self.timeouts = []
 
-    def run(self, argv, quiet=False):
+    def run(self, argv, quiet=False, timeout=None):
         self.calls.append(("run", *argv))
         return 0, ""
 
-    def flush_auth_cache(self):
+    def flush_auth_cache(self, timeout=None):
         self.calls.append(("flush",))
+        self.timeouts.append(("flush", timeout))
 
-    def sessions(self):
+    def sessions(self, timeout=None):
+        self.timeouts.append(("who", timeout))
         return None if self._sessions is None else list(self._sessions)
 
-    def kick(self, user):
+    def kick(self, user, timeout=None):
         self.calls.append(("kick", user))
+        self.timeouts.append(("kick", timeout))
 
-    def kill_dovecot(self):
+    def kick_all(self, timeout=None):
+        self.calls.append(("kick", "*"))
+        self.timeouts.append(("kick *", timeout))
+
+    def kill_dovecot(self, timeout=None):
         self.calls.append(("kill",))
+        self._sessions = []  # every session dies with Dovecot
 
     def proxied(self):
         return self._proxied
@@ -343,6 +417,10 @@ class FakeCommands:
         self.calls.append(("proxy-kick", *users))
 
 
+def kicks(commands):
+    return [call[1] for call in commands.calls if call[0] == "kick"]
+
+
 def config(tmp_path, **more):
     return {"mode": "holder", "name": "mbox1", "base_dn": "dc=ispmail,dc=test", "providers": [P1, P2],
             "bind_dn": "cn=mailbox,ou=services,dc=ispmail,dc=test", "bind_password": "x", "lease": L,
@@ -350,35 +428,275 @@ def config(tmp_path, **more):
             "state_file": str(tmp_path / "state.json"), **more}
 
 
-def test_holder_kicks_the_dropped_slots_users_then_kills_dovecot(tmp_path, monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr(agent.time, "monotonic", lambda: clock[0])
-    commands = FakeCommands(sessions=["ann", "bob", "pinned"])
-    daemon = agent.HolderDaemon(config(tmp_path), commands=commands)
-    daemon.user_slots = lambda users: {"ann": 1, "bob": 2, "pinned": -1}
-    daemon.holder.open = {2: 1}
-    daemon.holder.fence_deadline = 110.0
-    daemon.enforce()
-    assert commands.calls == [("kick", "ann")]
-    clock[0] = 110.0
-    daemon.enforce()
+class Clocks:
+    """The holder's clocks, as the test sets them: boot (CLOCK_BOOTTIME), wall, and
+    CLOCK_MONOTONIC (which follows boot unless frozen). advance() moves boot and wall."""
+
+    def __init__(self):
+        self.boot, self.wall, self.frozen_monotonic = 100.0, 1000.0, None
+
+    def advance(self, seconds):
+        self.boot += seconds
+        self.wall += seconds
+
+
+@pytest.fixture
+def clocks(monkeypatch):
+    clocks = Clocks()
+    monkeypatch.setattr(agent, "boottime", lambda: clocks.boot, raising=False)
+    monkeypatch.setattr(agent.time, "monotonic",
+                        lambda: clocks.boot if clocks.frozen_monotonic is None else clocks.frozen_monotonic)
+    monkeypatch.setattr(agent.time, "time", lambda: clocks.wall)
+    monkeypatch.setattr(agent.time, "sleep", lambda seconds: None)
+    return clocks
+
+
+class FakeUserSlots:
+    """Users' slots as the local replica would answer (a user not listed: the lookup failed)."""
+
+    def __init__(self, slots):
+        self.slots = slots
+
+    def __call__(self, users):
+        return {user: self.slots.get(user) for user in users}
+
+    def wanted(self, users):
+        return list(users)
+
+    def cached(self, users):
+        return self(users)
+
+
+def holder_daemon(tmp_path, clocks, commands, maps, slots=None, **more):
+    """A HolderDaemon whose providers answer maps[provider] (None: an error) at once, sent at the
+    clocks' times."""
+    daemon = agent.HolderDaemon(config(tmp_path, **more), commands=commands)
+
+    def read(uri):
+        answer = agent.Read(clocks.boot, maps[uri], "" if maps[uri] is not None else "down")
+        answer.wall = clocks.wall
+        return answer
+
+    daemon.read = read
+    daemon.user_slots = FakeUserSlots(slots or {})
+    return daemon
+
+
+MINE = {0: "mbox1", 1: "mbox1", 5: "mbox2"}
+
+
+def test_holder_ends_sessions_of_slots_not_open_every_round(tmp_path, clocks):
+    """No drop needed: every round, a session whose user's slot is not open here is kicked (a
+    slot of another server, a slot still waiting); a pinned user, and without a kill deadline a
+    user whose lookup failed, are left alone."""
+    (tmp_path / "known.json").write_text(agent.known_text({0: 1}))
+    commands = FakeCommands(sessions=["ann", "bob", "cid", "pat", "eve"])
+    daemon = holder_daemon(tmp_path, clocks, commands, {P1: slot_map(MINE), P2: slot_map(MINE)},
+                           {"ann": 0, "bob": 5, "cid": 1, "pat": -1})
+    daemon.round()
+    assert daemon.holder.open == {0: 1}
+    assert kicks(commands) == ["bob", "cid"]
+    commands.calls.clear()
+    clocks.advance(4)
+    daemon.round()
+    assert kicks(commands) == ["bob", "cid"]  # still listed: kicked again
+
+
+def test_the_kill_deadline_stays_armed_until_it_has_passed(tmp_path, clocks):
+    """A drop arms the deadline (last confirmation + L - MARGIN); an empty listing does not clear
+    it, a session that shows up later is kicked, and at the deadline Dovecot is killed. Every
+    command's timeout is bounded by the time left."""
+    (tmp_path / "known.json").write_text(agent.known_text({0: 1, 1: 1}))
+    commands = FakeCommands(sessions=[])
+    maps = {P1: slot_map(MINE), P2: slot_map(MINE)}
+    daemon = holder_daemon(tmp_path, clocks, commands, maps, {"bob": 1})
+    daemon.round()
+    assert daemon.holder.open == {0: 1, 1: 1}
+    clocks.advance(4)  # 104: ldap2 names another holder for slot 1; ldap1 still confirms it
+    maps[P2] = {**slot_map(MINE), 1: agent.Slot("mbox2", 2)}
+    daemon.round()
+    assert daemon.holder.open == {0: 1}
+    assert daemon.holder.fence_deadline is not None  # the listing was empty: still armed
+    assert daemon.holder.deadline_left(clocks.boot, clocks.wall) == L - MARGIN
+    commands._sessions = ["bob"]  # a session of slot 1 (the auth cache let it in, say)
+    for _ in range(3):  # 108, 112, 116
+        clocks.advance(4)
+        daemon.round()
+    assert kicks(commands) == ["bob"] * 3 and ("kill",) not in commands.calls
+    assert max(timeout for what, timeout in commands.timeouts if what == "kick") <= 4.0
+    assert commands.timeouts[-1] == ("kick", 2.0)  # at 116: 2 s before the deadline (118)
+    clocks.advance(4)  # 120: past the deadline, bob is still there
+    daemon.round()
     assert commands.calls[-1] == ("kill",) and daemon.holder.fence_deadline is None
 
 
-def test_holder_writes_the_held_file_and_its_state(tmp_path, monkeypatch):
-    monkeypatch.setattr(agent.time, "monotonic", lambda: 50.0)
-    monkeypatch.setattr(agent.time, "time", lambda: 1000.0)
+def test_the_deadline_is_checked_before_every_kick(tmp_path, clocks):
+    (tmp_path / "known.json").write_text(agent.known_text({0: 1}))
+    users = [f"u{n}" for n in range(10)]
+    commands = FakeCommands(sessions=users)
+    daemon = holder_daemon(tmp_path, clocks, commands, {P1: slot_map(MINE), P2: slot_map(MINE)},
+                           dict.fromkeys(users, 5))
+    kick = commands.kick
+
+    def slow_kick(user, timeout=None):
+        kick(user, timeout)
+        clocks.advance(0.4)
+
+    commands.kick = slow_kick
+    daemon.holder.fence_deadline = (clocks.boot + 1.0, clocks.wall + 1.0)
+    daemon.round()
+    assert kicks(commands) == ["u0", "u1", "u2"] and commands.calls[-1] == ("kill",)
+    assert [timeout for what, timeout in commands.timeouts if what == "kick"] == pytest.approx([1.0, 0.6, 0.2])
+
+
+def test_a_lost_lease_ends_every_session_with_one_kick_then_kills_at_the_deadline(tmp_path, clocks):
+    (tmp_path / "known.json").write_text(agent.known_text({0: 1}))
+    commands = FakeCommands(sessions=["ann", "bob", "pat"])
+    maps = {P1: slot_map(MINE), P2: slot_map(MINE)}
+    daemon = holder_daemon(tmp_path, clocks, commands, maps, {"ann": 0, "bob": 0, "pat": -1})
+    daemon.round()  # 100: slot 0 open, confirmed
+    maps[P1] = maps[P2] = None
+    for _ in range(4):  # 104 .. 116: no provider answers
+        clocks.advance(4)
+        daemon.round()
+    assert kicks(commands) == ["*"]  # one kick of every session, none per user
+    assert daemon.holder.open == {} and not daemon.holder.lease_valid(clocks.boot, clocks.wall)
+    assert commands.calls[-1] == ("kill",)  # ann and bob still listed at the deadline (114, seen at 116)
+    assert daemon.holder.fence_deadline is None
+
+
+def test_a_lost_lease_without_sessions_left_kills_nothing(tmp_path, clocks):
+    (tmp_path / "known.json").write_text(agent.known_text({0: 1}))
+    commands = FakeCommands(sessions=["ann", "pat"])
+    maps = {P1: slot_map(MINE), P2: slot_map(MINE)}
+    daemon = holder_daemon(tmp_path, clocks, commands, maps, {"ann": 0, "pat": -1})
+    daemon.round()
+    kick_all = commands.kick_all
+
+    def kick_everyone(timeout=None):
+        kick_all(timeout)
+        commands._sessions = ["pat"]  # ann is gone; pat, pinned here, logged in again
+
+    commands.kick_all = kick_everyone
+    maps[P1] = maps[P2] = None
+    clocks.advance(L - MARGIN)  # between rounds, as the loop checks
+    daemon.act(daemon.holder.check(clocks.boot, wall=clocks.wall))
+    assert kicks(commands) == ["*"] and ("kill",) not in commands.calls
+    assert daemon.holder.fence_deadline is None
+
+
+def test_a_round_waits_for_the_reads_at_most_half_the_renew_interval(tmp_path):
+    """A hung provider does not hold the round: it goes on with what arrived, and the late answer
+    is used by a later round (counted from when it was sent)."""
+    release = threading.Event()
+    daemon = agent.HolderDaemon(config(tmp_path, renew_interval=1, known_file=str(tmp_path / "known.json")),
+                                commands=FakeCommands())
+    daemon.user_slots = FakeUserSlots({})
+
+    def read(uri):
+        sent = getattr(agent, "boottime", time.monotonic)()
+        if uri == P2:
+            release.wait(10)
+        answer = agent.Read(sent, slot_map("mbox1"))
+        answer.wall = time.time()
+        return answer
+
+    daemon.read = read
+    started = time.monotonic()
+    try:
+        daemon.round()
+        assert time.monotonic() - started < 0.9
+        assert daemon.holder.last_read[P1] is not None and daemon.holder.last_read[P2] is None
+    finally:
+        release.set()
+    daemon.futures[P2].result(5)
+    daemon.round()
+    assert daemon.holder.last_read[P2] is not None
+
+
+def test_the_holder_is_ready_before_its_first_round(tmp_path, monkeypatch):
+    told = []
+    monkeypatch.setattr(agent, "sd_notify", told.append)
     daemon = agent.HolderDaemon(config(tmp_path), commands=FakeCommands())
-    daemon.holder.update(50.0, reads(48.0, slot_map("mbox1"), None))
+
+    class Stop(Exception):
+        pass
+
+    def first_round():
+        told.append("first round")
+        raise Stop
+
+    daemon.round = first_round
+    with pytest.raises(Stop):
+        daemon.run()
+    assert told == ["READY=1", "first round"]
+
+
+def test_the_lease_needs_both_clocks():
+    """A paused VM: CLOCK_BOOTTIME (or CLOCK_MONOTONIC) barely moved, the wall clock did; the
+    lease is gone all the same, and the held file's expiry comes from the read's wall time."""
+    h = holder(known={0: 1})
+    h.update(10.5, {P1: agent.Read(10.0, slot_map("mbox1"), wall=1000.0), P2: None}, wall=1000.5)
+    assert h.open == {0: 1} and h.expires() == math.floor(1000.0 + L - MARGIN)
+    assert h.lease_valid(11.0, wall=1000.0 + L - MARGIN - 0.1)
+    assert not h.lease_valid(11.0, wall=1000.0 + L - MARGIN)
+    assert not h.lease_valid(10.0 + L - MARGIN, wall=1001.0)  # and the other way round
+    outcome = h.check(11.0, wall=1100.0)
+    assert outcome.lease_lost and outcome.dropped == {0: 1}
+    assert h.held_expiry(11.0, wall=1100.0) == 0
+    assert h.fence_deadline == (10.0 + L - MARGIN, 1000.0 + L - MARGIN)
+    assert h.deadline_left(11.0, wall=1100.0) == pytest.approx(1000.0 + L - MARGIN - 1100.0)
+
+
+def test_the_held_file_expiry_is_never_extended_without_a_new_read(tmp_path, clocks):
+    """The expiry is the last successful read's wall time + L - MARGIN, floored; writing the file
+    again later (the boot clock stood still, or the reads fail) extends nothing."""
+    (tmp_path / "known.json").write_text(agent.known_text({0: 1}))
+    maps = {P1: slot_map(MINE), P2: None}
+    daemon = holder_daemon(tmp_path, clocks, FakeCommands(), maps)
+    clocks.wall = 1000.6
+    daemon.round()
+    assert agent.parse_held((tmp_path / "held").read_text()) == (math.floor(1000.6 + L - MARGIN), [0])
+    clocks.wall += 10  # the wall clock moves, the boot clock does not (a paused VM)
+    daemon.write_files()
+    assert agent.parse_held((tmp_path / "held").read_text()) == (math.floor(1000.6 + L - MARGIN), [0])
+    maps[P1] = None
+    clocks.advance(3)  # 13.0 s after the read on the wall clock: still valid, still not extended
+    daemon.round()
+    assert agent.parse_held((tmp_path / "held").read_text()) == (math.floor(1000.6 + L - MARGIN), [0])
+
+
+def test_boottime_is_clock_boottime():
+    assert abs(agent.boottime() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 0.5
+
+
+def test_holder_durations_are_on_clock_boottime(tmp_path, clocks):
+    (tmp_path / "known.json").write_text(agent.known_text({0: 1}))
+    maps = {P1: slot_map(MINE), P2: slot_map(MINE)}
+    daemon = holder_daemon(tmp_path, clocks, FakeCommands(), maps)
+    daemon.round()
+    assert daemon.holder.open == {0: 1}
+    maps[P1] = maps[P2] = None
+    clocks.frozen_monotonic = clocks.boot  # suspended: CLOCK_MONOTONIC stood still, CLOCK_BOOTTIME did not
+    clocks.boot += L
+    daemon.round()
+    assert daemon.holder.open == {}
+
+
+def test_holder_writes_the_held_file_and_its_state(tmp_path, clocks):
+    daemon = agent.HolderDaemon(config(tmp_path), commands=FakeCommands())
+    clocks.boot, clocks.wall = 50.0, 1000.0
+    daemon.holder.update(50.0, {P1: agent.Read(48.0, slot_map("mbox1"), wall=998.0), P2: None}, wall=1000.0)
     daemon.holder.open = {0: 1, 1: 1}
     daemon.holder.known = {0: 1, 1: 1}
     daemon.write_files()
-    assert agent.parse_held((tmp_path / "held").read_text()) == (1000.0 + L - MARGIN - 2.0, [0, 1])
+    assert agent.parse_held((tmp_path / "held").read_text()) == (998 + L - MARGIN, [0, 1])
     assert agent.load_known(str(tmp_path / "known.json")) == {0: 1, 1: 1}
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["mode"] == "holder" and state["open_slots"] == "0-1" and state["lease"]["valid"]
+    assert state["lease"] == {"valid": True, "age": 2.0, "expires": 998 + L - MARGIN}
     assert state["providers"]["ldap1.ispmail.test"]["ok"] is True
-    assert state["providers"]["ldap2.ispmail.test"]["ok"] is False
+    assert state["providers"]["ldap2.ispmail.test"] is None
 
 
 def test_status_prints_the_state(tmp_path, capsys):
@@ -476,12 +794,15 @@ class FakeArbiter:
     def __init__(self, entries):
         self.entries = {dn.lower(): {k.lower(): list(v) for k, v in attrs.items()} for dn, attrs in entries.items()}
         self.result = {}
+        self.modifies = []
+        self.result_code = 0  # what every search answers, when not 0
 
     def _done(self, code, description="success"):
         self.result = {"result": code, "description": description}
         return code == 0
 
     def modify(self, dn, changes):
+        self.modifies.append((dn, changes))
         entry = self.entries.get(dn.lower())
         if entry is None:
             return self._done(32, "noSuchObject")
@@ -517,6 +838,11 @@ class FakeArbiter:
             found = [(dn, attrs) for dn, attrs in self.entries.items() if dn.endswith("," + base)]
         if "ispmailmailboxslot" in filter_text.lower():
             found = [(dn, attrs) for dn, attrs in found if "ispmailslotepoch" in attrs]
+        elif "ispmailmailboxserver" in filter_text.lower():
+            found = [(dn, attrs) for dn, attrs in found if "ispmailslotepoch" not in attrs]
+        if self.result_code:
+            self.response = []
+            return self._done(self.result_code, "sizeLimitExceeded")
         wanted = {name.lower() for name in attributes or []}
         self.response = [{"type": "searchResEntry", "dn": dn,
                           "raw_attributes": {k: [v.encode() for v in vs] for k, vs in attrs.items()
@@ -554,18 +880,82 @@ def test_other_errors_are_not_conflicts():
         agent.compare_and_swap(arbiter({}), BASE, 9, "mbox1", "mbox2", 1)
 
 
-def test_votes_are_idempotent():
+def big_map(count):
+    return arbiter({n: "mbox1" for n in range(count)})
+
+
+def test_a_map_larger_than_the_size_limit_is_refused():
+    assert len(agent.read_slots(big_map(agent.MAX_SLOTS), BASE)) == agent.MAX_SLOTS == 500
+    with pytest.raises(agent.MapTooLarge, match="501 entries"):
+        agent.read_slots(big_map(agent.MAX_SLOTS + 1), BASE)
+    cut = big_map(10)
+    cut.result_code = 4  # slapd's sizeLimitExceeded: the answer was cut at the limit
+    with pytest.raises(agent.MapTooLarge, match="size limit"):
+        agent.read_slots(cut, BASE)
+
+
+def test_the_holder_refuses_a_map_larger_than_the_size_limit(tmp_path, monkeypatch, capsys):
+    """It exits with 2 (which the unit does not restart), with the reason in the journal."""
+    fake = big_map(agent.MAX_SLOTS + 1)
+    monkeypatch.setattr(agent.Ldap, "run", lambda self, operation: operation(fake))
+    monkeypatch.setattr(agent, "sd_notify", lambda state: None)
+
+    class Stop(Exception):
+        pass
+
+    def sleep(seconds):
+        raise Stop  # a round went by without refusing
+
+    monkeypatch.setattr(agent.time, "sleep", sleep)
+    path = tmp_path / "takeover.json"
+    path.write_text(json.dumps(config(tmp_path)))
+    assert agent.main(["--config", str(path), "holder"]) == 2
+    err = capsys.readouterr().err
+    assert "REFUSED" in err and "at most 500 slots" in err
+    assert not (tmp_path / "held").exists()  # no round went on with a cut map
+
+
+class Direct:
+    """An Ldap whose operations run on a fake connection."""
+
+    uri = "ldap://localhost/"
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def run(self, operation):
+        return operation(self.conn)
+
+
+def test_votes_carry_their_time_and_only_fresh_ones_count():
+    values = ["gw1 1000", "GW3 1000", "gw2 969", "gw4", "gw5 soon", "gw6 2000", "", "gw7 971"]
+    assert agent.fresh_votes(values, 1000.0) == ["gw1", "gw3", "gw7"]
+    assert agent.fresh_votes(values, 1000.0, ttl=60) == ["gw1", "gw2", "gw3", "gw7"]
+    assert agent.parse_vote("gw1 1000") == ("gw1", 1000) and agent.parse_vote("gw4") == ("gw4", None)
+    assert agent.vote_value("gw1", 1000.9) == "gw1 1000"
+
+
+def test_a_vote_is_refreshed_by_one_modify_and_withdrawn_by_its_name():
     conn = arbiter({})
-    assert agent.set_vote(conn, BASE, "mbox1", "gw1", down=True)
-    assert agent.set_vote(conn, BASE, "mbox1", "gw1", down=True)  # already there
-    assert agent.set_vote(conn, BASE, "mbox1", "gw2", down=True)
-    assert agent.read_votes(conn, BASE, "mbox1") == ["gw1", "gw2"]
-    assert agent.set_vote(conn, BASE, "mbox1", "gw1", down=False)
-    assert agent.set_vote(conn, BASE, "mbox1", "gw1", down=False)  # already gone
-    assert agent.read_votes(conn, BASE, "mbox1") == ["gw2"]
-    assert agent.set_vote(conn, BASE, "mbox9", "gw1", down=False)  # no entry, no vote
-    assert agent.set_vote(conn, BASE, "mbox9", "gw1", down=True)  # the entry is made
-    assert agent.read_votes(conn, BASE, "mbox9") == ["gw1"]
+    mbox1 = f"cn=mbox1,ou=slots,{BASE}"
+    assert agent.set_vote(conn, BASE, "mbox1", "gw1", True, 1000)
+    assert agent.set_vote(conn, BASE, "mbox1", "gw2", True, 1003)
+    assert agent.read_votes(conn, BASE, "mbox1") == ["gw1 1000", "gw2 1003"]
+    before = len(conn.modifies)
+    assert agent.set_vote(conn, BASE, "mbox1", "gw1", True, 1010.5)
+    assert conn.modifies[before:] == [(mbox1, {"ispmailDownVote": [(agent.MODIFY_DELETE, ["gw1 1000"]),
+                                                                   (agent.MODIFY_ADD, ["gw1 1010"])]})]
+    assert agent.read_votes(conn, BASE, "mbox1") == ["gw1 1010", "gw2 1003"]
+    assert agent.set_vote(conn, BASE, "mbox1", "gw1", True, 1010) and len(conn.modifies) == before + 1  # no change
+    # Withdrawing removes every value of this gateway: one from before votes had a time too.
+    conn.modify(mbox1, {"ispmailDownVote": [(agent.MODIFY_ADD, ["gw1", "GW1 5"])]})
+    assert agent.set_vote(conn, BASE, "mbox1", "gw1", False)
+    assert agent.read_votes(conn, BASE, "mbox1") == ["gw2 1003"]
+    assert agent.set_vote(conn, BASE, "mbox1", "gw1", False)  # none left
+    assert agent.set_vote(conn, BASE, "mbox9", "gw1", False)  # no entry, no vote
+    assert agent.set_vote(conn, BASE, "mbox9", "gw1", True, 1000)  # the entry is made
+    assert agent.read_votes(conn, BASE, "mbox9") == ["gw1 1000"]
+    assert agent.read_all_votes(conn, BASE) == {"mbox1": ["gw2 1003"], "mbox9": ["gw1 1000"]}
 
 
 def observer_state(**servers):
@@ -638,27 +1028,94 @@ def test_observer_runs_due_flushes_once(tmp_path, monkeypatch):
     assert commands.calls == [("run", "postqueue", "-f")] and len(daemon.flushes) == 1
 
 
-def test_observer_takes_over_with_a_majority(tmp_path, monkeypatch):
+def test_observer_takes_over_with_a_majority_of_fresh_votes(tmp_path, monkeypatch):
     monkeypatch.setattr(agent.time, "monotonic", lambda: 100.0)
+    monkeypatch.setattr(agent.time, "time", lambda: 5000.0)
     daemon = observer(tmp_path, FakeCommands())
     fake = arbiter({0: "mbox1", 1: "mbox1", 2: "mbox2"})
-
-    class Arbiter:
-        def run(self, operation):
-            return operation(fake)
-
-    daemon.arbiter = Arbiter()
+    daemon.arbiter = Direct(fake)
     for _ in range(5):
         daemon.health["mbox1"].record(False, 90.0)
-    daemon.vote["mbox1"] = {"down": True, "synced": False}
+    daemon.vote["mbox1"] = {"down": True, "synced": False, "written": None}
+    # gw3's vote from before votes had a time, and gw2's of 40 s ago (a gateway that died since):
+    # neither counts, so gw1 alone is no majority.
+    fake.modify(f"cn=mbox1,ou=slots,{BASE}", {"ispmailDownVote": [(agent.MODIFY_ADD, ["gw3", "gw2 4960"])]})
     daemon.sync_votes()
+    daemon.read_votes()
     daemon.take_over()
-    assert agent.read_slots(fake, BASE)[0].holder == "mbox1"  # one vote of three: nothing moves
-    fake.modify(f"cn=mbox1,ou=slots,{BASE}", {"ispmailDownVote": [(agent.MODIFY_ADD, ["gw3"])]})
+    assert agent.read_slots(fake, BASE)[0].holder == "mbox1"
+    assert daemon.votes_seen["mbox1"] == ["gw1"] and daemon.votes_stale["mbox1"] == ["gw2 4960", "gw3"]
+    fake.modify(f"cn=mbox1,ou=slots,{BASE}", {"ispmailDownVote": [(agent.MODIFY_ADD, ["gw2 4995"])]})
+    daemon.read_votes()
     daemon.take_over()
     assert agent.read_slots(fake, BASE) == {0: agent.Slot("mbox2", 2), 1: agent.Slot("mbox2", 2),
                                             2: agent.Slot("mbox2", 1)}
     assert daemon.last_takeover["moved"] == {"mbox2": "0-1"} and daemon.last_takeover["down_for"] == 10.0
+
+
+def test_no_take_over_without_this_rounds_votes(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent.time, "time", lambda: 5000.0)
+    daemon = observer(tmp_path, FakeCommands())
+    fake = arbiter({0: "mbox1"})
+    daemon.arbiter = Direct(fake)
+    for _ in range(5):
+        daemon.health["mbox1"].record(False, 90.0)
+    fake.modify(f"cn=mbox1,ou=slots,{BASE}", {"ispmailDownVote": [(agent.MODIFY_ADD, ["gw1 5000", "gw2 5000"])]})
+    daemon.read_votes()
+    fake.result_code = 51  # busy: this round's read fails
+    daemon.read_votes()
+    fake.result_code = 0
+    daemon.take_over()
+    assert agent.read_slots(fake, BASE)[0].holder == "mbox1"
+    assert any("votes could not be read" in problem for problem in daemon.problems.values())
+
+
+def test_the_observer_refreshes_its_vote_while_the_server_is_down(tmp_path, monkeypatch):
+    clock = {"mono": 100.0, "wall": 5000.0}
+    told = []
+    monkeypatch.setattr(agent.time, "monotonic", lambda: clock["mono"])
+    monkeypatch.setattr(agent.time, "time", lambda: clock["wall"])
+    monkeypatch.setattr(agent, "sd_notify", told.append)
+    daemon = observer(tmp_path, FakeCommands())
+    fake = arbiter({})
+    daemon.arbiter = Direct(fake)
+    fake.modify(f"cn=mbox1,ou=slots,{BASE}", {"ispmailDownVote": [(agent.MODIFY_ADD, ["gw1 4000", "gw2 4990"])]})
+    daemon.sync_votes()  # at start: this gateway's old votes go
+    assert agent.read_votes(fake, BASE, "mbox1") == ["gw2 4990"]
+    assert told.count("WATCHDOG=1") == 2  # one per vote written (mbox1, mbox2)
+
+    def after(seconds):
+        clock["mono"] += seconds
+        clock["wall"] += seconds
+        told.clear()
+        daemon.sync_votes()
+        return agent.read_votes(fake, BASE, "mbox1")
+
+    daemon.vote["mbox1"] = {"down": True, "synced": False, "written": None}
+    assert after(0) == ["gw1 5000", "gw2 4990"] and told == ["WATCHDOG=1"]
+    assert after(5) == ["gw1 5000", "gw2 4990"] and told == []
+    assert after(5) == ["gw1 5010", "gw2 4990"] and told == ["WATCHDOG=1"]
+    assert after(10) == ["gw1 5020", "gw2 4990"]
+    daemon.vote["mbox1"] = {"down": False, "synced": False, "written": None}  # up again
+    assert after(1) == ["gw2 4990"]
+
+
+def test_the_observer_is_ready_before_its_first_round(tmp_path, monkeypatch):
+    told = []
+    monkeypatch.setattr(agent, "sd_notify", told.append)
+    daemon = observer(tmp_path, FakeCommands())
+
+    class Stop(Exception):
+        pass
+
+    def first_round():
+        told.append("first round")
+        raise Stop
+
+    daemon.round = first_round
+    with pytest.raises(Stop):
+        daemon.run()
+    assert told == ["READY=1", "first round"]
 
 
 # The LMTP probe against a local server ----------------------------------------------------
@@ -855,29 +1312,78 @@ def test_a_failing_metrics_file_is_logged_once(tmp_path, capsys):
     assert capsys.readouterr().err.count("cannot write the metrics") == 1
 
 
-def test_observer_writes_its_map_counts_and_forgets_votes_when_up(tmp_path, monkeypatch):
+def test_observer_writes_its_map_counts_and_fresh_votes_of_every_server(tmp_path, monkeypatch):
     monkeypatch.setattr(agent.time, "monotonic", lambda: 100.0)
+    monkeypatch.setattr(agent.time, "time", lambda: 5000.0)
     metrics = tmp_path / "ispmail_takeover.prom"
     daemon = observer(tmp_path, FakeCommands())
     daemon.config["metrics_file"] = str(metrics)
     daemon.metrics = agent.MetricsFile(str(metrics))
     fake = arbiter({0: "mbox2", 1: "mbox2", 2: "mbox2"}, homes={0: "mbox1", 1: "mbox1"})
-
-    class Replica:
-        def run(self, operation):
-            return operation(fake)
-
-    daemon.replica = Replica()
+    daemon.replica = daemon.arbiter = Direct(fake)
+    # mbox1 is up from here: its votes are read and counted all the same (a gateway that sees
+    # it down; a stale vote is in the state, not in the count).
+    fake.modify(f"cn=mbox1,ou=slots,{BASE}", {"ispmailDownVote": [(agent.MODIFY_ADD, ["gw2 4999", "gw3 4900"])]})
     daemon.watch_map()
-    daemon.votes_seen["mbox1"] = ["gw1", "gw2"]
+    daemon.read_votes()
     daemon.write_state()
     samples = parsed_metrics(metrics.read_text())
     assert samples[("ispmail_takeover_slots_held", (("server", "mbox2"),))] == 3.0
     assert samples[("ispmail_takeover_slots_away", (("server", "mbox1"),))] == 2.0
-    assert samples[("ispmail_takeover_down_votes", (("server", "mbox1"),))] == 2.0
+    assert samples[("ispmail_takeover_down_votes", (("server", "mbox1"),))] == 1.0
+    assert samples[("ispmail_takeover_down_votes", (("server", "mbox2"),))] == 0.0
     assert samples[("ispmail_takeover_map_age_seconds", ())] == 0.0
     assert samples[("ispmail_takeover_last_takeover_timestamp_seconds", ())] == 0.0
-    daemon.health["mbox1"].down = True
-    daemon.probe_all()
-    daemon.probe_all()  # two good probes: up again
-    assert not daemon.health["mbox1"].down and "mbox1" not in daemon.votes_seen
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["servers"]["mbox1"]["votes"] == ["gw2"] and state["servers"]["mbox1"]["stale_votes"] == ["gw3 4900"]
+    assert state["servers"]["mbox1"]["state"] == "up"
+
+
+# The unit -----------------------------------------------------------------------------------
+
+UNIT = AGENT.parents[1] / "templates" / "ispmail-takeover.service.j2"
+
+
+def unit_text(mode, held, doveadm):
+    import jinja2
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["comment"] = lambda text: f"# {text}"
+    return env.from_string(UNIT.read_text()).render(
+        ansible_managed="Ansible managed", __mailbox_takeover_mode=mode,
+        __mailbox_takeover_script="/x/ispmail-takeover", __mailbox_takeover_config_file="/etc/ispmail/takeover.json", __mailbox_takeover_doveadm=str(doveadm),
+        mailbox_takeover_held_file=str(held))
+
+
+def unit_settings(text, name):
+    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith(f"{name}=")]
+
+
+def test_the_holder_unit_invalidates_the_held_file_then_kicks_every_session(tmp_path):
+    """ExecStopPost, run as systemd would (its arguments split like a shell's, no $ or %
+    specifiers in them): the held file says `expires 0` (a new file, renamed over the old)
+    before doveadm kicks anyone."""
+    import shlex
+    import subprocess
+    held, seen = tmp_path / "run" / "slots-held", tmp_path / "doveadm.log"
+    held.parent.mkdir()
+    held.write_text(f"expires {int(time.time()) + 14}\n0\n1\n")
+    inode = held.stat().st_ino
+    doveadm = tmp_path / "doveadm"
+    doveadm.write_text(f'#!/bin/sh\necho "$*" >>{seen}\ncat {held} >>{seen}\n')
+    doveadm.chmod(0o755)
+    text = unit_text("holder", held, doveadm)
+    [command] = unit_settings(text, "ExecStopPost")
+    assert command.startswith("-") and "$" not in command and "%" not in command
+    subprocess.run(shlex.split(command[1:]), check=True, timeout=10)
+    assert seen.read_text() == "kick *\nexpires 0\n"
+    assert held.read_text() == "expires 0\n" and held.stat().st_ino != inode
+    assert sorted(os.listdir(held.parent)) == ["slots-held"]
+    assert agent.parse_held(held.read_text()) == (0, [])
+
+
+def test_the_unit_stops_a_hung_agent_quickly():
+    for mode in ("holder", "observer"):
+        text = unit_text(mode, "/run/ispmail/slots-held", "/usr/bin/doveadm")
+        assert unit_settings(text, "WatchdogSec") == ["10"] and unit_settings(text, "TimeoutStopSec") == ["5"]
+        assert unit_settings(text, "RestartPreventExitStatus") == [str(agent.EXIT_REFUSED)]
+        assert bool(unit_settings(text, "ExecStopPost")) == (mode == "holder")
