@@ -149,9 +149,13 @@ class MailboxServerFault(ContainerFault):
             return problems
         if not self._held(self.host) >= self.home:
             gateway = self.lab.container(self.lab.groups["gateway"][0])
+            now = time.monotonic()
             if self.failback_started is None:
                 self.notes.setdefault("takeover_seconds", None)  # never seen complete
-                self.failback_started = time.monotonic()
+                self.failback_started = now
+            # Again every 20 s: refused (exit 2) while the gateway does not see the server up yet.
+            if now - getattr(self, "failback_tried", 0) >= 20:
+                self.failback_tried = now
                 self.notes["failback"] = _sh(gateway, f"ispmail-takeover failback {self.host}", check=False)
             return [f"{self.host}: its {len(self.home - self._held(self.host))} slots not given back yet"]
         if self.failback_started is not None:
