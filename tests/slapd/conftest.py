@@ -29,10 +29,8 @@ if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
 
 sys.path.insert(0, str(ROOT / "tests"))
 from module_runner import module_runner  # noqa: E402
-from slapd_servers import CONFIG_HEAD_LDIF, free_port, slapadd, wait_until_answering  # noqa: E402
+from slapd_servers import BASE_DN, CONFIG_HEAD_LDIF, SLAPD, free_port, slapadd, wait_until_answering  # noqa: E402
 
-SLAPD = "/usr/sbin/slapd"
-BASE_DN = "dc=ispmail,dc=test"
 REPLICA_BASE_DN = "dc=replica,dc=test"
 ROOT_DN = f"cn=admin,{BASE_DN}"
 ROOT_PW = "test-root-secret"
@@ -115,6 +113,15 @@ def private_slapd(tmp):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def private_slapd_in():
+    """private_slapd itself, for tests that build their own server (a test module cannot import
+    conftest by name: pytest tests/haproxy tests/slapd has two of them)."""
+    if not os.path.exists(SLAPD):
+        pytest.skip("slapd is not installed (apt-get install slapd ldap-utils)")
+    return private_slapd
 
 
 @pytest.fixture(scope="session")

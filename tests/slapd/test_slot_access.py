@@ -10,7 +10,7 @@ from pathlib import Path
 import ldap3
 import pytest
 
-from conftest import BASE_DN, SLAPD, private_slapd
+from slapd_servers import BASE_DN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "filter_plugins"))
 from ldap_acl import ldap_access_rules  # noqa: E402
@@ -41,10 +41,8 @@ def cas(conn, old, new, epoch):
 
 
 @pytest.fixture(params=[True, False], ids=["arbiter", "other-provider"])
-def directory(request, tmp_path):
-    if not os.path.exists(SLAPD):
-        pytest.skip("slapd is not installed")
-    with private_slapd(tmp_path) as server:
+def directory(request, tmp_path, private_slapd_in):
+    with private_slapd_in(tmp_path) as server:
         peercred = f"gidNumber={os.getgid()}+uidNumber={os.getuid()},cn=peercred,cn=external,cn=auth"
         rules = ldap_access_rules(ACCOUNTS, BASE_DN, peercred, slot_writes=request.param)
         ldapi(server, "dn: olcDatabase={1}mdb,cn=config\nchangetype: modify\nreplace: olcAccess\n"
