@@ -211,40 +211,46 @@ def queue_full_possible(inside, host_store):
 
 
 class QueueFull(Fault):
-    """A big file on the filesystem that holds a gateway's queues, removed on repair; the
-    queue itself is never touched (Postfix answers 452 when space runs out, it loses nothing)."""
+    """A big file on the filesystem that holds one of a gateway's queues (the lab gives the std
+    instance an ext4 disk of its own, lab_disks), removed on repair; the queue's own files are
+    never touched (Postfix answers 452 when space runs out, it loses nothing)."""
 
-    FILL = "/var/spool/resilience-fill"
+    FILL = "resilience-fill"
 
     def __init__(self, lab, gateway):
         super().__init__(lab, gateway)
         self.name = "queue-full"
-        self.description = f"the filesystem of {gateway}'s Postfix queues filled up"
+        self.description = f"the filesystem of one of {gateway}'s Postfix queues filled up"
+        self.fill = None
 
     def prepare(self):
-        queue = _sh(self.container, "ls -d /var/spool/postfix-* | head -n 1", check=False).strip() or "/var/spool"
-        inside = _df(_sh(self.container, f"df -B1 --output=size,avail,fstype {queue} | tail -n 1"))
         store = containers.podman("info", "--format", "{{.Store.GraphRoot}}")
-        outside = subprocess.run(["df", "-B1", "--output=size,avail,fstype", store], capture_output=True, text=True,
-                                 check=False).stdout.splitlines()[-1]
-        self.notes.update(queue=queue, df_inside=inside, df_host_store=_df(outside))
-        reason = queue_full_possible(inside, _df(outside))
-        if reason is None and not _sh(self.container, f"df -P {self.FILL.rsplit('/', 1)[0]} {queue} "
-                                                      "| tail -n +2 | awk '{print $1}' | uniq | wc -l") == "1":
-            reason = f"{self.FILL} would not be on the queue's filesystem"
-        self.inside = inside
-        return f"not possible in this lab because {reason}" if reason else None
+        outside = _df(subprocess.run(["df", "-B1", "--output=size,avail,fstype", store], capture_output=True,
+                                     text=True, check=False).stdout.splitlines()[-1])
+        queues = _sh(self.container, "ls -d /var/spool/postfix-*", check=False).split() or ["/var/spool"]
+        reasons = {}
+        for queue in queues:
+            inside = _df(_sh(self.container, f"df -B1 --output=size,avail,fstype {queue} | tail -n 1"))
+            reasons[queue] = queue_full_possible(inside, outside)
+            if reasons[queue] is None:
+                # The file goes in the queue directory's top level, where Postfix looks at nothing.
+                self.fill, self.inside = f"{queue}/{self.FILL}", inside
+                self.notes.update(queue=queue, df_inside=inside)
+                return None
+        self.notes.update(df_host_store=outside)
+        return f"not possible in this lab because {reasons[queues[0]]} (and so for every queue of {self.host})"
 
     def inject(self):
         # Leave 1 MiB: Postfix then refuses new mail (452) and keeps what it has.
         size = max(0, self.inside[1] - 2**20)
-        _sh(self.container, f"fallocate -l {size} {self.FILL}")
+        _sh(self.container, f"fallocate -l {size} {self.fill}")
 
     def repair(self):
-        _sh(self.container, f"rm -f {self.FILL}")
+        _sh(self.container, f"rm -f {self.fill}")
 
     def recovered(self):
-        return [f"{self.host}: {self.FILL} still there"] if _ok(self.container, f"test -e {self.FILL}") else []
+        return [f"{self.host}: {self.fill} still there"] if self.fill and _ok(self.container, f"test -e {self.fill}") \
+            else []
 
 
 class QueueThreshold(Fault):

@@ -1,7 +1,7 @@
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from lab import lab_publish_specs
+from lab import lab_disk_volumes, lab_publish_specs
 from storage import nfs_mount_options
 
 
@@ -40,6 +40,26 @@ def test_publish_specs_sorted_on_loopback():
 def test_publish_specs_bad_ports(port):
     with pytest.raises(AnsibleFilterError, match="lab_published_ports.smtp"):
         lab_publish_specs({"smtp": port})
+
+
+def test_disk_volumes_name_volume_and_image_after_the_host():
+    disks = {"queue": {"path": "/var/spool/postfix-std", "size_mib": "256"}}
+    assert lab_disk_volumes(disks, "lab-gw1", "/c") == [
+        {"volume": "lab-gw1-queue", "image": "/c/lab-gw1-queue.ext4", "path": "/var/spool/postfix-std", "size_mib": 256,
+         "mount": "lab-gw1-queue:/var/spool/postfix-std"}]
+    assert lab_disk_volumes({}, "lab-gw1", "/c") == []
+
+
+@pytest.mark.parametrize("disks, message", [
+    ({"Queue": {"path": "/q", "size_mib": 256}}, "lowercase"),
+    ({"q": {"path": "q", "size_mib": 256}}, "absolute"),
+    ({"q": {"path": "/", "size_mib": 256}}, "absolute"),
+    ({"q": {"path": "/q"}}, "integer size_mib"),
+    ({"q": {"path": "/q", "size_mib": 8}}, "64-4096"),
+])
+def test_disk_volumes_bad_input(disks, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        lab_disk_volumes(disks, "lab-gw1", "/c")
 
 
 def test_rotate_starts_each_list_elsewhere():
