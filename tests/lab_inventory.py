@@ -24,7 +24,8 @@ _QUERY = "{{ dict(KEYS | zip(KEYS | map('extract', vars))) | to_json }}".replace
 _LAB_QUERY = ("{{ {'groups': groups, 'lab_name': lab_name, 'lab_publish_ports': lab_publish_ports, "
               "'platform_operator_networks': platform_operator_networks, "
               "'platform_pop_before_smtp_port': platform_pop_before_smtp_port, "
-              "'platform_ca_certificate': platform_ca_certificate} | to_json }}")
+              "'platform_ca_certificate': platform_ca_certificate, "
+              "'platform_mailbox_held_slots_file': platform_mailbox_held_slots_file} | to_json }}")
 
 
 def ansible_env(**extra):
@@ -65,7 +66,8 @@ def accounts(root=ROOT):
 
 def load():
     """Return {'groups', 'hosts', 'lab_name', 'lab_publish_ports', 'platform_operator_networks',
-    'platform_pop_before_smtp_port', 'platform_ca_certificate'} for the current lab."""
+    'platform_pop_before_smtp_port', 'platform_ca_certificate', 'platform_mailbox_held_slots_file'}
+    for the current lab."""
     # The stock linear strategy: Mitogen's reports each host's result of a task as a task of
     # its own to the json callback, and nothing here connects to a host anyway.
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",

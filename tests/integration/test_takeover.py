@@ -55,9 +55,9 @@ def user_slot(lab_host, user):
     return int(re.match(r"cn=(\d+),", user_entry(lab_host, user)["ispmailMailboxSlot"]).group(1))
 
 
-def held_slots(lab_host, server):
+def held_slots(lab, lab_host, server):
     """The slots the server's agent holds now (its held file, as Dovecot's fence reads it)."""
-    lines = lab_host(server).check_output("cat /run/ispmail/slots-held").splitlines()
+    lines = lab_host(server).check_output(f"cat {lab['platform_mailbox_held_slots_file']}").splitlines()
     expires = float(lines[0].split()[1])
     return set() if expires < time.time() else {int(line) for line in lines[1:] if line.strip()}
 
@@ -100,7 +100,7 @@ def all_at_home(lab, lab_host):
     for server in lab["groups"]["mailbox"]:
         assert wait_for(lambda: failback(lab, lab_host, server).rc == 0, timeout=60), server
     for server in lab["groups"]["mailbox"]:
-        assert wait_for(lambda: held_slots(lab_host, server) >= home_slots(lab_host, server), timeout=90), server
+        assert wait_for(lambda: held_slots(lab, lab_host, server) >= home_slots(lab_host, server), timeout=90), server
 
 
 def test_every_user_has_a_slot_its_server_holds(lab, lab_host):
@@ -113,7 +113,7 @@ def test_every_user_has_a_slot_its_server_holds(lab, lab_host):
     # Each server holds exactly what the map names it for (home, or taken over).
     for server in mailbox_servers:
         named = {n for n, (holder, _, _) in slot_map(lab_host).items() if holder == server}
-        assert wait_for(lambda: held_slots(lab_host, server) == named, timeout=60), server
+        assert wait_for(lambda: held_slots(lab, lab_host, server) == named, timeout=60), server
 
 
 def test_only_the_holder_delivers_and_logs_in(lab, lab_host):
@@ -154,15 +154,15 @@ def test_a_stopped_mailbox_server_is_taken_over_then_given_back(lab, lab_host):
         container(lab, victim, "start")
         assert wait_for(lambda: lab_host(victim).run("ispmail-takeover status").rc == 0, timeout=120)
         time.sleep(10)
-        assert slot not in held_slots(lab_host, victim)
+        assert slot not in held_slots(lab, lab_host, victim)
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             lmtp_deliver(lab, victim, user, message(user)[1])
 
         # Given back by the operator: the home server serves it again, the survivor no more.
         result = failback(lab, lab_host, victim)
         assert result.rc == 0, result.stdout + result.stderr
-        assert wait_for(lambda: slot in held_slots(lab_host, victim), timeout=TAKEOVER_LIMIT_SECONDS)
-        assert slot not in held_slots(lab_host, survivor)
+        assert wait_for(lambda: slot in held_slots(lab, lab_host, victim), timeout=TAKEOVER_LIMIT_SECONDS)
+        assert slot not in held_slots(lab, lab_host, survivor)
         subject, text = message(user)
         assert send_inbound(lab, user, text) == {}
         assert wait_for(lambda: login_finds(lab, user, subject), timeout=120)

@@ -9,7 +9,6 @@ import containers  # tests/bench/side_by_side: podman(), sh()
 from delivery import queue_sizes
 
 FAULT_TABLE = "resilience_fault"  # nftables table of the network cut, nothing else in it
-HELD_FILE = "/run/ispmail/slots-held"  # platform_mailbox_held_slots_file: a mailbox server's slots
 
 
 def _sh(container, command, check=True, stdin=None):
@@ -125,7 +124,7 @@ class MailboxServerFault(ContainerFault):
         self.failback_started = None
 
     def _held(self, host):
-        lines = _sh(self.lab.container(host), f"cat {HELD_FILE}", check=False).splitlines()
+        lines = _sh(self.lab.container(host), f"cat {self.lab.inventory['platform_mailbox_held_slots_file']}", check=False).splitlines()
         return {int(line) for line in lines[1:] if line.strip().isdigit()}
 
     def inject(self):
