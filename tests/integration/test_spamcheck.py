@@ -3,6 +3,7 @@ through lb1:25 to spam1 and the gateways, read back over IMAP; outbound mail fro
 subscribers through the gateways and spam1 to inet1's MTA."""
 
 import json
+import re
 import shlex
 import smtplib
 import uuid
@@ -94,6 +95,32 @@ def test_one_message_to_both_kinds_of_recipient_is_handled_per_recipient(lab, la
     log = lab_host("spam1").check_output("journalctl --no-pager --since -3min -t ispmail-spam-milter")
     scanned = [line for line in log.splitlines() if "spam=True" in line and any(u in line for u in CONTRACT)]
     assert len(scanned) >= 2 and not any(u in log for u in NO_CONTRACT)
+
+
+def receiving_gateway(msg, lab):
+    """The gateway whose std instance took the message from the spam check tier: the host of
+    the Received header whose client address is a spamcheck host's."""
+    spam = {address(lab, host) for host in lab["groups"]["spamcheck"]}
+    for received in msg.get_all("Received", []):
+        client = re.search(r"\[(\d+\.\d+\.\d+\.\d+)\]\)", str(received))
+        by = re.search(r"\bby ([a-z0-9-]+)\.", str(received))
+        if client and by and client.group(1) in spam and by.group(1) in lab["groups"]["gateway"]:
+            return by.group(1)
+    return None
+
+
+def test_inbound_mail_spreads_over_every_gateway(lab, lab_host):
+    # Each message picks a gateway at random (the gateway pool's name has all their
+    # addresses): twelve messages all on one of three gateways has odds of 3 in 3^12. Half go
+    # straight to the gateways (relay), half through rspamd's scan instance (its relayhost).
+    users = ["bob@example.com"] * 6 + ["alice@example.com"] * 6
+    subjects = [(user, inbound(lab, lab_host, [user])) for user in users]
+    gateways = []
+    for user, subject in subjects:
+        [msg] = found(lab, user, subject)
+        gateways.append(receiving_gateway(msg, lab))
+    assert None not in gateways, gateways
+    assert len(set(gateways)) >= 2, f"every message went to {gateways[0]}"
 
 
 def test_clean_mail_for_a_contract_is_scored_and_stays_in_the_inbox(lab, lab_host):

@@ -60,13 +60,3 @@ def test_disk_volumes_name_volume_and_image_after_the_host():
 def test_disk_volumes_bad_input(disks, message):
     with pytest.raises(AnsibleFilterError, match=message):
         lab_disk_volumes(disks, "lab-gw1", "/c")
-
-
-def test_rotate_starts_each_list_elsewhere():
-    from lists import rotate
-    assert rotate(["a", "b", "c"], 0) == ["a", "b", "c"]
-    assert rotate(["a", "b", "c"], 1) == ["b", "c", "a"]
-    assert rotate(["a", "b", "c"], 4) == ["b", "c", "a"]
-    assert rotate([], 3) == []
-    with pytest.raises(AnsibleFilterError, match="integer shift"):
-        rotate(["a"], "x")

@@ -289,7 +289,7 @@ def test_spamcheck_defines_edge_and_scan_and_every_lookup_they_use():
     assert edge[:4] == ["{{ spamcheck_inbound_port }}/inet", "smtpd/pass", "dnsblog/unix", "tlsproxy/unix"]
     assert edge.count("relay/unix") == 1 and "local/unix" in edge
     relay = next(s for s in services["edge"] if s["service"] == "relay")
-    assert relay["options"] == {"syslog_name": "postfix-edge/relay"}
+    assert relay["options"] == {"syslog_name": "postfix-edge/relay", "smtp_host_lookup": "native"}
     tables = [table["path"] for table in data["__spamcheck_tables"]]
     main = yaml.safe_dump(instances["edge"]["main"])
     assert all(path in main for path in tables), "edge names every table spamcheck writes"
