@@ -55,6 +55,9 @@ def test_status_is_ok_on_the_healthy_lab_and_changes_nothing(lab):
     assert "changed=0" in out and "changed=1" not in out
 
 
+# About 2 minutes of status runs while HAProxy notices: the full pass (ISPMAIL_FULL=1);
+# make test keeps the healthy and the unreachable-host runs.
+@pytest.mark.skipif(not lab_inventory.FULL, reason="full pass only (ISPMAIL_FULL=1)")
 def test_status_names_a_gateway_whose_postfix_is_stopped(lab, lab_host):
     # The last gateway of the SMTP pool (the pool keeps another): its submission backend goes down.
     smtp_pool = [h for h in lab["groups"]["gateway"]][:-1]

@@ -163,6 +163,9 @@ def test_guessing_is_refused_across_protocols_and_gateways_but_not_for_others(la
         == [True] * 4
 
 
+# About 2 minutes of browser logins: the full pass (ISPMAIL_FULL=1); make test's guessing
+# test above includes webmail among the protocols.
+@pytest.mark.skipif(not lab_inventory.FULL, reason="full pass only (ISPMAIL_FULL=1)")
 def test_webmail_guesses_count_under_the_browsers_address(lab, lab_host, service_name):
     # Roundcube tells the relay the browser's address (plugin ispmail_client_ip): without
     # it these failures count under web1, a platform host that is never counted.
