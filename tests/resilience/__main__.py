@@ -133,7 +133,10 @@ class Run:
         self.injected.append(fault)
         try:
             fault.inject()
-            time.sleep(self.args.fault_seconds)
+            until = time.monotonic() + self.args.fault_seconds
+            while time.monotonic() < until:
+                fault.watch()
+                time.sleep(max(0.0, min(1.0, until - time.monotonic())))
         except RuntimeError as error:
             record["problems"].append(f"inject failed: {error}")
             log(f"fault {fault.name}: inject failed: {error}")

@@ -38,6 +38,9 @@ class Fault:
     def repair(self):
         raise NotImplementedError
 
+    def watch(self):
+        """Called about every second while the fault lasts (timings for the notes)."""
+
     def recovered(self):
         return []
 
@@ -134,6 +137,9 @@ class MailboxServerFault(ContainerFault):
         self.stopped_at = time.monotonic()
         super().inject()
 
+    def watch(self):
+        self._note_takeover()
+
     def _note_takeover(self):
         """Seconds from the stop until the others held every slot of this server."""
         if "takeover_seconds" not in self.notes and self.home:
@@ -155,7 +161,8 @@ class MailboxServerFault(ContainerFault):
             # Again every 20 s: refused (exit 2) while the gateway does not see the server up yet.
             if now - getattr(self, "failback_tried", 0) >= 20:
                 self.failback_tried = now
-                self.notes["failback"] = _sh(gateway, f"ispmail-takeover failback {self.host}", check=False)
+                self.notes.setdefault("failback_tries", []).append(
+                    _sh(gateway, f"ispmail-takeover failback {self.host}", check=False).strip())
             return [f"{self.host}: its {len(self.home - self._held(self.host))} slots not given back yet"]
         if self.failback_started is not None:
             self.notes.setdefault("failback_seconds", round(time.monotonic() - self.failback_started, 1))

@@ -303,3 +303,13 @@ def test_spamcheck_edge_refuses_helos_that_are_no_host_names():
     assert helo[0] == "permit_mynetworks", "the gateways and local mail are never refused"
     assert {"reject_invalid_helo_hostname", "reject_non_fqdn_helo_hostname"} <= set(helo)
     assert "reject_unknown_helo_hostname" not in helo, "real servers often lack DNS for their HELO"
+
+
+@pytest.mark.parametrize("role, prefix", [("postfix_gateway", "__postfix_gateway"), ("spamcheck", "__spamcheck")])
+def test_no_postmaster_notices_on_hosts_that_cannot_deliver_them(role, prefix):
+    # A notice to postmaster@<gateway> looped between std and the edge (make resilience).
+    data = yaml.safe_load((ROLE.parent / role / "vars" / "main.yml").read_text())
+    for layer in ("common", "default"):
+        assert data[f"{prefix}_{layer}_settings"]["notify_classes"] == "{{ platform_postfix_notify_classes }}", layer
+    platform = yaml.safe_load((ROLE.parent / "platform" / "defaults" / "main.yml").read_text())
+    assert platform["platform_postfix_notify_classes"] == ""
