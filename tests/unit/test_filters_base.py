@@ -1,6 +1,7 @@
 import pytest
 from ansible.errors import AnsibleFilterError
 
+import node_address
 from lab import lab_disk_volumes, lab_publish_specs
 from storage import nfs_mount_options
 
@@ -60,3 +61,30 @@ def test_disk_volumes_name_volume_and_image_after_the_host():
 def test_disk_volumes_bad_input(disks, message):
     with pytest.raises(AnsibleFilterError, match=message):
         lab_disk_volumes(disks, "lab-gw1", "/c")
+
+
+class CountingHostvars(dict):
+    """hostvars stand-in that counts how often each host's variables are resolved."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads = {}
+
+    def __getitem__(self, host):
+        self.reads[host] = self.reads.get(host, 0) + 1
+        return super().__getitem__(host)
+
+
+def test_node_addresses_keep_order_and_resolve_each_host_once(monkeypatch):
+    monkeypatch.setattr(node_address, "_NODE_ADDRESSES", {})
+    hostvars = CountingHostvars({"gw1": {"node_address": "10.0.0.31"}, "gw2": {"node_address": "10.0.0.32"},
+                                 "lb1": {"node_address": "10.0.0.10"}})
+    assert node_address.node_addresses(["gw2", "gw1"], hostvars) == ["10.0.0.32", "10.0.0.31"]
+    assert node_address.node_addresses(["lb1", "gw1", "gw2"], hostvars) == ["10.0.0.10", "10.0.0.31", "10.0.0.32"]
+    assert hostvars.reads == {"gw1": 1, "gw2": 1, "lb1": 1}
+
+
+def test_a_host_without_node_address_is_named(monkeypatch):
+    monkeypatch.setattr(node_address, "_NODE_ADDRESSES", {})
+    with pytest.raises(AnsibleFilterError, match="host mbox9 has no node_address"):
+        node_address.node_addresses(["mbox9"], {"mbox9": {}})
