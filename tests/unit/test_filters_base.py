@@ -2,6 +2,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 import node_address
+from port_acl import port_acl_sources
 from lab import lab_disk_volumes, lab_publish_specs
 from storage import nfs_mount_options
 
@@ -88,3 +89,13 @@ def test_a_host_without_node_address_is_named(monkeypatch):
     monkeypatch.setattr(node_address, "_NODE_ADDRESSES", {})
     with pytest.raises(AnsibleFilterError, match="host mbox9 has no node_address"):
         node_address.node_addresses(["mbox9"], {"mbox9": {}})
+
+
+def test_port_rule_sources_by_family_as_written():
+    assert port_acl_sources(["10.0.0.5", "192.0.2.0/24", "2001:db8::/32", "::1", "10.1.2.3/16"]) == {
+        "v4": ["10.0.0.5", "192.0.2.0/24", "10.1.2.3/16"], "v6": ["2001:db8::/32", "::1"], "invalid": []}
+
+
+@pytest.mark.parametrize("source", ["gw1", "10.0.0.256", "10.0.0.0/33", "", "2001:db8::/129"])
+def test_a_port_rule_source_that_is_no_address_is_invalid(source):
+    assert port_acl_sources(["10.0.0.1", source])["invalid"] == [source]
