@@ -1,14 +1,70 @@
 #!/usr/bin/env bash
-# Build the lab's systemd base image once with debootstrap (no registry is needed).
+# Build the lab's images once, no registry needed: a systemd base with debootstrap, then on
+# it the packages the roles install (lab/image_packages.py reads them from the roles), so a
+# new lab converges without 13 hosts running dpkg at once on the same cores.
 # The Debian mirror is taken from the host's own apt sources, so none is written here.
-# Usage: build-image.sh IMAGE_NAME
+# Usage: build-image.sh BASE_IMAGE [PACKAGES_IMAGE]; the second reads LAB_IMAGE_SPEC
+# (image_packages.py's JSON). Prints "built" when it made an image.
 set -euo pipefail
 
-image=${1:?usage: build-image.sh IMAGE_NAME}
+image=${1:?usage: build-image.sh BASE_IMAGE [PACKAGES_IMAGE]}
+packages_image=${2:-}
 suite=${LAB_SUITE:-bookworm}
+
+# The packages' own units are turned off in the image: each role enables what its host
+# runs, as on a production host where only that role's packages are installed.
+build_packages_image() {
+    podman image exists "$packages_image" && { echo "lab image $packages_image present, not rebuilt"; return; }
+    local builder="${packages_image//[^a-zA-Z0-9]/-}-build"
+    podman rm -f "$builder" >/dev/null 2>&1 || true
+    echo "installing the roles' packages into $packages_image"
+    # Within the host's hard limits, as the lab's containers (inventory lab_ulimits).
+    podman run --name "$builder" --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 -e LAB_IMAGE_SPEC="$LAB_IMAGE_SPEC" "$image" python3 -c '
+import json, os, subprocess
+spec = json.loads(os.environ["LAB_IMAGE_SPEC"])
+def run(*args, **kw):
+    subprocess.run(args, check=True, **kw)
+def links():
+    return set(subprocess.run(["find", "/etc/systemd/system", "-type", "l"], check=True,
+                              capture_output=True, text=True).stdout.split())
+run("debconf-set-selections", input="\n".join(spec["debconf"]) + "\n", text=True)
+# Nothing starts while the image is made (no systemd runs in it).
+with open("/usr/sbin/policy-rc.d", "w") as f:
+    f.write("#!/bin/sh\nexit 101\n")
+os.chmod("/usr/sbin/policy-rc.d", 0o755)
+before = links()
+env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+run("apt-get", "-qq", "update", env=env)
+run("apt-get", "install", "-y", "-qq", *spec["packages"], env=env, stdout=subprocess.DEVNULL)
+def owner(unit):
+    found = subprocess.run(["dpkg", "-S", "/lib/systemd/system/" + unit], capture_output=True, text=True)
+    return found.stdout.split(":")[0]
+units = sorted({os.path.basename(path) for path in links() - before if ".wants/" in path or ".requires/" in path})
+units = [unit for unit in units if owner(unit) not in spec["every_host"]]
+run("systemctl", "disable", "--quiet", "--no-reload", *units)
+print("units left to the roles:", " ".join(units))
+os.remove("/usr/sbin/policy-rc.d")
+# No host shares a key: ssl-cert made one for the image.
+for path in ("/etc/ssl/private/ssl-cert-snakeoil.key", "/etc/ssl/certs/ssl-cert-snakeoil.pem"):
+    if os.path.exists(path):
+        os.remove(path)
+run("apt-get", "clean")
+'
+    podman commit --quiet \
+        --change 'CMD ["/sbin/init"]' \
+        --change 'STOPSIGNAL SIGRTMIN+3' \
+        "$builder" "$packages_image" >/dev/null
+    podman rm "$builder" >/dev/null
+    echo "lab image $packages_image built"
+    # Images of an older package list (one a running lab still uses stays).
+    for old in $(podman images --format '{{.Repository}}:{{.Tag}}' "${packages_image%:*}"); do
+        [ "$old" = "$packages_image" ] || podman rmi "$old" >/dev/null 2>&1 || true
+    done
+}
 
 if podman image exists "$image"; then
     echo "lab image $image present, not rebuilt"
+    [ -z "$packages_image" ] || build_packages_image
     exit 0
 fi
 
@@ -52,3 +108,4 @@ tar -C "$root" -c . | podman import \
     --change 'ENV container=podman' \
     - "$image" >/dev/null
 echo "lab image $image built"
+[ -z "$packages_image" ] || build_packages_image
