@@ -4,7 +4,8 @@
 # new lab converges without 13 hosts running dpkg at once on the same cores.
 # The Debian mirror is taken from the host's own apt sources, so none is written here.
 # Usage: build-image.sh BASE_IMAGE [PACKAGES_IMAGE]; the second reads LAB_IMAGE_SPEC
-# (image_packages.py's JSON). Prints "built" when it made an image.
+# (image_packages.py's JSON) and LAB_ULIMITS ("nofile=N:N nproc=N:N"). Prints "built" when
+# it made an image.
 set -euo pipefail
 
 image=${1:?usage: build-image.sh BASE_IMAGE [PACKAGES_IMAGE]}
@@ -18,8 +19,10 @@ build_packages_image() {
     local builder="${packages_image//[^a-zA-Z0-9]/-}-build"
     podman rm -f "$builder" >/dev/null 2>&1 || true
     echo "installing the roles' packages into $packages_image"
-    # Within the host's hard limits, as the lab's containers (inventory lab_ulimits).
-    podman run --name "$builder" --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 -e LAB_IMAGE_SPEC="$LAB_IMAGE_SPEC" "$image" python3 -c '
+    # Within the host's hard limits, as the lab's containers (LAB_ULIMITS: inventory lab_ulimits).
+    local limits=()
+    for limit in ${LAB_ULIMITS:-}; do limits+=(--ulimit "$limit"); done
+    podman run --name "$builder" "${limits[@]}" -e LAB_IMAGE_SPEC="$LAB_IMAGE_SPEC" "$image" python3 -c '
 import json, os, subprocess
 spec = json.loads(os.environ["LAB_IMAGE_SPEC"])
 def run(*args, **kw):
