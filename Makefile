@@ -10,9 +10,10 @@ BIN := $(VENV)/bin
 # chromium, its driver and certutil for the webmail's browser tests; testssl.sh checks TLS;
 # rsync for the unit tests of the qmail migration's copy tool; prometheus for promtool
 # (the alert rules' unit tests), its daemons (and node-exporter, a recommend) stay off.
-# lua5.4 runs the mailbox servers' take-over fence (a Dovecot Lua userdb) in its unit tests.
+# lua5.4 runs the mailbox servers' take-over fence (a Dovecot Lua userdb) in its unit tests;
+# python3-apt lets apt_present's unit tests hand over to ansible.builtin.apt on this host.
 HOST_PACKAGES := podman runc debootstrap iptables uidmap python3-venv slapd ldap-utils haproxy keepalived rsync \
-	memcached testssl.sh chromium chromium-driver libnss3-tools prometheus lua5.4
+	memcached testssl.sh chromium chromium-driver libnss3-tools prometheus lua5.4 python3-apt
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 ROLES = Path(__file__).resolve().parent.parent / "roles"
-APT = ("ansible.builtin.apt", "apt", "ansible.builtin.package", "package")
+APT = ("apt_present", "ansible.builtin.apt", "apt", "ansible.builtin.package", "package")
 DEBCONF = ("ansible.builtin.debconf", "debconf")
 # One list variable, a sum of them, or a dict of them indexed by a setting.
 TERM = re.compile(r"^(__\w+)(\[[^\]]+\])?$")
