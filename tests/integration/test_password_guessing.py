@@ -1,6 +1,6 @@
 """Password guessing through the front door: wrong passwords from inet1 over SMTP AUTH,
-IMAP, POP3 and webmail, spread over the gateways by the load balancer (30 with
-ISPMAIL_FULL=1; make test's short pass sends the limit and two more). Afterwards inet1 is
+IMAP, POP3 and webmail, spread over the gateways by the load balancer and sent in parallel
+(30 with ISPMAIL_FULL=1; make test's short pass sends the limit and two more). Afterwards inet1 is
 refused even with the right password, on every protocol, while the test runner (another
 client address) logs in normally; every gateway holds the count, expiring a window after
 the last failure. Counting: ispmail-auth-policy on every gateway (role mailbox_proxy).
@@ -26,7 +26,7 @@ POLICY_SETTINGS = "/etc/dovecot/ispmail-auth-policy.conf"
 
 # Runs in inet1 (or on the test runner): one login per attempt, over the load balancer.
 LOGINS = r"""
-import http.cookiejar, imaplib, json, poplib, re, smtplib, ssl, sys, urllib.parse, urllib.request
+import concurrent.futures, http.cookiejar, imaplib, json, poplib, re, smtplib, ssl, sys, urllib.parse, urllib.request
 a = json.loads(sys.argv[1])
 context = ssl.create_default_context(cafile=a["ca"]) if a.get("ca") else ssl._create_unverified_context()
 
@@ -76,7 +76,9 @@ def login(protocol, user, password):
         return False, str(exc)[:200]
 
 
-print(json.dumps([login(*attempt) for attempt in a["attempts"]]))
+# In parallel, as a guesser with many connections would: the count must hold all the same.
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    print(json.dumps(list(pool.map(lambda attempt: login(*attempt), a["attempts"]))))
 """
 
 

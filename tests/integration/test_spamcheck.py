@@ -139,7 +139,9 @@ def test_a_forged_sender_outside_its_spf_record_is_scored(lab, lab_host):
     with smtplib.SMTP(address(lab, "lb1"), 25, timeout=60) as smtp:
         smtp.ehlo("forger.invalid")
         assert smtp.sendmail("billing@example.net", [user], text.encode()) == {}
-    [msg] = found(lab, user, subject) or found(lab, user, subject, folder="Junk")
+    # In INBOX or Junk, whichever it lands in: both looked at on each poll.
+    [msg] = wait_for(lambda: imap_messages(lab, "gw2", user, subject)
+                     or imap_messages(lab, "gw2", user, subject, folder="Junk"), 40) or []
     result = msg["X-Spamd-Result"]
     assert "R_SPF_FAIL" in result and "DMARC_POLICY_REJECT" in result, result
     assert float(msg["X-Spam-Score"]) >= 3.0
