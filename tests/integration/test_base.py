@@ -12,10 +12,12 @@ def test_systemd_has_no_failed_units(lab_host, lab_hostname):
 
 
 def test_every_host_name_resolves_to_its_inventory_address(lab, lab_host, lab_hostname):
-    host = lab_host(lab_hostname)
-    for name, hostvars in lab["hosts"].items():
-        address = host.check_output(f"getent hosts {name}").split()[0]
-        assert address == hostvars["node_address"], f"{lab_hostname} resolves {name} to {address}"
+    names = sorted(lab["hosts"])
+    # One getent per name, in one command (a podman exec each took 30 s for the lab).
+    out = lab_host(lab_hostname).check_output(
+        "for name in " + " ".join(names) + "; do echo \"$name $(getent hosts $name | awk '{print $1; exit}')\"; done")
+    resolved = dict(line.split(" ", 1) for line in out.splitlines())
+    assert resolved == {name: lab["hosts"][name]["node_address"] for name in names}, lab_hostname
 
 
 def test_hosts_reach_each_other_by_name(lab_host, lab_hostname):

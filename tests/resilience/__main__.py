@@ -308,8 +308,8 @@ def parse(argv):
     parser.add_argument("--short", action="store_true",
                         help=f"one short pass for make test: {','.join(faultlib.SHORT)}, 20 s each, queues flushed")
     parser.add_argument("--fault-seconds", type=float, default=None, help="each fault lasts this long (60; short 20)")
-    parser.add_argument("--settle-seconds", type=float, default=None, help="gap after each fault (30; short 10)")
-    parser.add_argument("--warmup-seconds", type=float, default=None, help="load before the first fault (30; short 15)")
+    parser.add_argument("--settle-seconds", type=float, default=None, help="gap after each fault (30; short 5)")
+    parser.add_argument("--warmup-seconds", type=float, default=None, help="load before the first fault (30; short 10)")
     parser.add_argument("--drain-seconds", type=float, default=None,
                         help="after the load: retries and queues get at most this long (600: a message deferred "
                              "several times waits 60, 120, 240 s ... between Postfix's tries; short 240)")
@@ -338,7 +338,7 @@ def parse(argv):
     parser.add_argument("--keep-mail", action="store_true", help="leave the run's messages in the mailboxes")
     parser.add_argument("--output", default="artifacts/resilience", help="report.json and timeline.png go here")
     args = parser.parse_args(argv)
-    defaults = {"fault_seconds": (60, 20), "settle_seconds": (30, 10), "warmup_seconds": (30, 15),
+    defaults = {"fault_seconds": (60, 20), "settle_seconds": (30, 5), "warmup_seconds": (30, 10),
                 "drain_seconds": (600, 240), "flush_queues": (False, True)}
     for key, (full, short) in defaults.items():
         if getattr(args, key) is None:
