@@ -1,6 +1,7 @@
 """The gateway's six Postfix instances through the real path: mail from inet1 (the
 outside world) or from the test runner, read back over IMAP through the relay."""
 
+import concurrent.futures
 import email
 import json
 import shlex
@@ -248,18 +249,25 @@ def test_operator_keyword_filters_tag_discard_and_hold(lab, lab_host):
     assert held_on_any_gateway(lab, lab_host, "alice@example.com") == held_before + 1
 
 
+# Runs in a lab container: which of the (host, port) pairs it can open, all at once.
 CONNECT = r"""
-import json, socket, sys
-a = json.loads(sys.argv[1])
-try:
-    socket.create_connection((a["host"], a["port"]), timeout=3).close()
-    print(json.dumps({"open": True}))
-except OSError as e:
-    print(json.dumps({"open": False, "error": str(e)}))
+import concurrent.futures, json, socket, sys
+
+
+def reach(pair):
+    try:
+        socket.create_connection(tuple(pair), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    print(json.dumps(list(pool.map(reach, json.loads(sys.argv[1])))))
 """
 
-
-@pytest.mark.parametrize("target, port, allowed, blocked", [
+# (target, port, a source that reaches it, one that must not)
+PORT_CASES = [
     ("gw1", 12525, "lb1", "inet1"),    # pbs behind the LB: a PROXY header could fake any client
     ("gw1", 10587, "lb1", "inet1"),
     ("gw2", 11211, "mbox1", "inet1"),  # the POP-before-SMTP store has no authentication
@@ -278,14 +286,31 @@ except OSError as e:
     ("gw2", 143, "gw1", "inet1"),
     ("gw3", 995, "gw2", "web1"),
     ("gw1", 4190, "gw3", "inet1"),
-])
-def test_ports_only_their_clients_reach(lab, lab_host, target, port, allowed, blocked):
-    def reach(source):
-        out = lab_host(source).check_output(
-            f"python3 -c {shlex.quote(CONNECT)} {shlex.quote(json.dumps({'host': address(lab, target), 'port': port}))}")
-        return json.loads(out)["open"]
-    assert reach(allowed)
-    assert not reach(blocked)
+]
+
+
+@pytest.mark.parametrize("target, port, allowed, blocked", PORT_CASES)
+def test_ports_only_their_clients_reach(reachable, target, port, allowed, blocked):
+    assert reachable[allowed, target, port], f"{allowed} cannot reach {target}:{port}"
+    assert not reachable[blocked, target, port], f"{blocked} reaches {target}:{port}"
+
+
+@pytest.fixture(scope="module")
+def reachable(lab, lab_host):
+    """{(source, target, port): opened} for PORT_CASES: each source tries
+    its pairs in parallel, the sources at once (a dropped port waits out the 3 s timeout)."""
+    pairs = {}
+    for target, port, allowed, blocked in PORT_CASES:
+        for source in (allowed, blocked):
+            pairs.setdefault(source, []).append((target, port))
+
+    def tries(source):
+        wanted = [[address(lab, target), port] for target, port in pairs[source]]
+        out = lab_host(source).check_output(f"python3 -c {shlex.quote(CONNECT)} {shlex.quote(json.dumps(wanted))}")
+        return {(source, target, port): opened for (target, port), opened in zip(pairs[source], json.loads(out))}
+
+    with concurrent.futures.ThreadPoolExecutor(len(pairs)) as pool:
+        return {key: opened for found in pool.map(tries, pairs) for key, opened in found.items()}
 
 
 def test_outbound_mail_is_scanned_by_the_senders_contract(lab, lab_host):
