@@ -169,3 +169,81 @@ def test_a_stopped_mailbox_server_is_taken_over_then_given_back(lab, lab_host):
     finally:
         container(lab, victim, "start")
         wait_for(lambda: failback(lab, lab_host, victim).rc == 0, timeout=120)
+
+
+# Runs in a gateway: LMTP transactions back to back from several connections (as the mbox
+# instance delivers), one line per transaction: TRY, then ACK, REFUSED or FAIL.
+LMTP_STREAM = r"""
+import smtplib, sys, threading, time, uuid
+users, server, seconds, connections, run = sys.argv[1].split(","), sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+lock = threading.Lock()
+def say(*words):
+    with lock:
+        print(*words, flush=True)
+def stream(index):
+    end, lmtp, sent = time.time() + seconds, None, 0
+    while time.time() < end:
+        token, rcpt = f"{run}.{uuid.uuid4().hex}", users[(index + sent) % len(users)]
+        sent += 1
+        text = f"From: s@example.net\r\nTo: {rcpt}\r\nSubject: stop\r\nX-Stop-Token: {token}\r\n\r\n" + "x" * 70 * 300
+        try:
+            lmtp = lmtp or smtplib.LMTP(server, 24, timeout=15)
+            say("TRY", token, time.time())
+            lmtp.sendmail("s@example.net", [rcpt], text)
+            say("ACK", token, time.time())
+        except smtplib.SMTPRecipientsRefused:
+            say("REFUSED", token, time.time())
+        except Exception as error:
+            say("FAIL", token, time.time(), type(error).__name__, str(error).replace("\n", " ")[:80])
+            lmtp = None
+            time.sleep(0.05)
+threads = [threading.Thread(target=stream, args=(i,)) for i in range(connections)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+"""
+
+
+def test_a_stopping_mailbox_server_answers_every_message_it_saved(lab, lab_host):
+    """Dovecot's stop ends LMTP sessions with 421, also one whose message is already saved:
+    the gateway would deliver it again after the take-over, a duplicate. The stop drains
+    first (ispmail-lmtp-drain): no message is saved without its 250."""
+    all_at_home(lab, lab_host)
+    server = lab["groups"]["mailbox"][-1]
+    users = [u for u in PASSWORDS if user_entry(lab_host, u)["ispmailMailboxHost"] == server]
+    assert users, f"no lab user lives on {server}"
+    homes = [lab_host(server).check_output(f"doveadm user -f home {u}").strip() for u in users]
+    run = f"stop{int(time.time())}"
+    gateway = lab["hosts"][lab["groups"]["gateway"][0]]["ansible_host"]
+    stream = subprocess.Popen(
+        ["podman", "exec", "-i", gateway, "python3", "-", ",".join(users), address(lab, server), "8", "6", run],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, CONTAINERS_CONF=os.path.join(lab["root"], "lab", "containers.conf")))
+    try:
+        stream.stdin.write(LMTP_STREAM)
+        stream.stdin.close()
+        time.sleep(3)
+        stopped = time.time()
+        lab_host(server).check_output("systemctl stop dovecot")
+        out = stream.stdout.read()
+        stream.wait(timeout=60)
+    finally:
+        lab_host(server).run("systemctl start dovecot")
+    outcome = {}
+    for line in out.splitlines():
+        word, token, at, *why = line.split()
+        outcome.setdefault(token, {})[word] = (float(at), " ".join(why))
+    saved = lab_host(server).check_output(
+        "grep -rhoa '^X-Stop-Token: %s[.][0-9a-f]*' %s || true" % (run, " ".join(f"{h}/Maildir" for h in homes)))
+    copies = {}
+    for token in saved.replace("X-Stop-Token: ", "").split():
+        copies[token] = copies.get(token, 0) + 1
+    acked = {t for t, seen in outcome.items() if "ACK" in seen}
+    after_stop = [t for t, seen in outcome.items() if min(at for at, _ in seen.values()) >= stopped and "ACK" not in seen]
+    print(f"{len(outcome)} transactions, {len(acked)} answered 250, {len(copies)} saved, "
+          f"{len(after_stop)} refused or failed after the stop")
+    assert acked and after_stop, "the stop did not fall inside the stream of deliveries"
+    unanswered = {t: outcome[t] for t in copies if t not in acked}
+    assert not unanswered, f"saved, but answered with an error (the gateway delivers again): {unanswered}"
+    assert not acked - set(copies), f"answered 250 but not saved: {acked - set(copies)}"
+    assert all(n == 1 for n in copies.values()), copies
+    all_at_home(lab, lab_host)
