@@ -1,0 +1,12 @@
+# Mitogen's free strategy: each host at its own pace (status.yml, where one unreachable host
+# must not hold up the others), with mitogen_linear's one interpreter per host.
+from __future__ import annotations
+
+import ansible_mitogen.loaders
+import ansible_mitogen.strategy
+
+Base = ansible_mitogen.loaders.strategy_loader.get("free", class_only=True)
+
+
+class StrategyModule(ansible_mitogen.strategy.StrategyMixin, Base):
+    pass
