@@ -31,10 +31,16 @@ _VARIABLES_HEADING = re.compile(r"^## Variables\s*$", re.IGNORECASE)
 _VARIABLE_TABLE = re.compile(r"^\|\s*`?(variable|name)`?\s*\|", re.IGNORECASE)
 
 
+# The entry point a role's variables are documented from: `main`, or role platform's
+# `contract` (its tasks check it once per run instead of Ansible in every play).
+ENTRY_POINTS = ("main", "contract")
+
+
 def main_entry_point(spec_file):
-    """The `main` entry point of an argument_specs.yml, or None if it has none."""
+    """The documented entry point of an argument_specs.yml (ENTRY_POINTS), or None."""
     specs = (yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {}).get("argument_specs") or {}
-    return specs.get("main")
+    name = next((name for name in ENTRY_POINTS if name in specs), None)
+    return dict(specs[name], entry_point_name=name) if name else None
 
 
 def cell(text):
@@ -96,7 +102,7 @@ def rows(options, role, prefix=""):
 def render_block(role, entry_point):
     lines = [
         BEGIN,
-        f"From [`meta/argument_specs.yml`](../../roles/{role}/meta/argument_specs.yml) (entry point `main`);"
+        f"From [`meta/argument_specs.yml`](../../roles/{role}/meta/argument_specs.yml) (entry point `{entry_point['entry_point_name']}`);"
         f" the comments in [`defaults/main.yml`](../../roles/{role}/defaults/main.yml) say more.",
         "",
         "| variable | type | default | description |",
@@ -203,7 +209,7 @@ def main(argv=None):
     lost = orphans(root, pages)
     for page in lost:
         print(f"role_docs: {page.relative_to(root)} has a generated variable table, "
-              f"but roles/{page.stem}/meta/argument_specs.yml (entry point main) does not exist", file=sys.stderr)
+              f"but roles/{page.stem}/meta/argument_specs.yml (entry point main or contract) does not exist", file=sys.stderr)
     if args.write:
         for page, (_, expected) in stale.items():
             page.parent.mkdir(parents=True, exist_ok=True)

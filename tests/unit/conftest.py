@@ -5,6 +5,7 @@ from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))  # role_docs: which entry point of a role's spec is documented
 for folder in ("filter_plugins", "library", "module_utils"):
     sys.path.insert(0, str(ROOT / folder))
 # Role common installs its shared modules next to the scripts that import them.

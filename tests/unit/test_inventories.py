@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from role_docs import main_entry_point
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLES = {p.parent.parent.name: yaml.safe_load(p.read_text())["argument_specs"]["main"]["options"]
+ROLES = {p.parent.parent.name: main_entry_point(p)["options"]
          for p in sorted(ROOT.glob("roles/*/meta/argument_specs.yml"))}
 # Longest prefix first, so mailbox_proxy_* is not taken for role mailbox.
 PREFIXES = sorted(ROLES, key=len, reverse=True)

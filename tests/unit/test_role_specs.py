@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from role_docs import main_entry_point
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLES = sorted(p.parent.parent.name for p in ROOT.glob("roles/*/meta/argument_specs.yml")
-               if "main" in (yaml.safe_load(p.read_text()).get("argument_specs") or {}))
+ROLES = sorted(p.parent.parent.name for p in ROOT.glob("roles/*/meta/argument_specs.yml") if main_entry_point(p))
 
 
 def spec_options(role):
-    specs = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
-    return specs["argument_specs"]["main"].get("options") or {}
+    return main_entry_point(ROOT / "roles" / role / "meta" / "argument_specs.yml").get("options") or {}
 
 
 def role_defaults(role):
