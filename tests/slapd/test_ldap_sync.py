@@ -233,38 +233,37 @@ def test_one_entry_changed_on_both_providers_within_a_second_keeps_both_changes(
     wait_until_current(directory)
 
 
-PLAIN_SYNCREPL_CONFLICT = ("plain syncrepl ships whole entries: simultaneous changes of one entry on two providers "
-                           "lose one change and can leave the providers different for good")
+PLAIN_SYNCREPL_CONFLICT = ("plain syncrepl ships whole entries: changes of one entry on two providers that have not "
+                           "heard of each other's lose one change")
 
 
 @pytest.mark.parametrize("layout", [
-    pytest.param("directory", marks=pytest.mark.xfail(strict=True, reason=PLAIN_SYNCREPL_CONFLICT)),
+    pytest.param("directory", marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                      reason=PLAIN_SYNCREPL_CONFLICT)),
     "delta_directory"])
-def test_one_entry_changed_on_both_providers_at_the_same_moment_keeps_both_changes(layout, request):
-    """The conflict case: both modifies land before either provider hears of the other's.
-
-    One try may come out right by luck, so it takes twenty in a row.
-    """
+def test_one_entry_changed_on_both_providers_before_either_hears_of_the_other_keeps_both_changes(layout, request):
+    """The conflict case (two operators at the same moment, or a provider cut off): each
+    provider changes the entry before it has the other's change. A race of two modifies
+    came out right by luck in some runs, so each change is made while the other provider
+    is stopped: the conflict happens every time."""
     directory = request.getfixturevalue(layout)
-    dn = add_user(directory.provider1, "race@example.test")
+    provider1, provider2 = directory.provider1, directory.provider2
+    dn = add_user(provider1, "race@example.test")
     wait_for(lambda: everywhere(directory, dn), "the new user everywhere")
+    provider2.stop()
+    try:
+        modify(provider1, dn, "ispmailQuota", "2000")
+        provider1.stop()
+        provider2.start()
+        modify(provider2, dn, "ispmailForwardTo", "race@example.net")
+    finally:
+        provider1.start()
+        if not provider2.running:
+            provider2.start()
     content = ["ispmailQuota", "ispmailForwardTo"]
-    for attempt in range(20):
-        start = threading.Barrier(2)
-        quota, forward = str(1000 + attempt), f"race{attempt}@example.net"
-
-        def change(server, attribute, value):
-            start.wait()
-            modify(server, dn, attribute, value)
-        writers = [threading.Thread(target=change, args=(directory.provider1, "ispmailQuota", quota)),
-                   threading.Thread(target=change, args=(directory.provider2, "ispmailForwardTo", forward))]
-        for writer in writers:
-            writer.start()
-        for writer in writers:
-            writer.join()
-        wanted = {"ispmailquota": [quota], "ispmailforwardto": [forward]}
-        wait_for(lambda: all(server.entry(dn, content) == wanted for server in directory.servers),
-                 f"both changes of attempt {attempt} on all three", seconds=3)
+    entries = wait_for(lambda: (lambda found: found if found[0] == found[1] == found[2] else None)(
+        [server.entry(dn, content) for server in directory.servers]), "the same entry on all three")
+    assert entries[0] == {"ispmailquota": ["2000"], "ispmailforwardto": ["race@example.net"]}, entries
 
 
 # ---------------------------------------------------------------- who may serve, who may write
