@@ -8,6 +8,7 @@ delivered once. The returning server serves none of them until the operator give
 back (failback), and then it serves them again.
 """
 
+import json
 import os
 import re
 import smtplib
@@ -90,6 +91,12 @@ def failback(lab, lab_host, server):
     return lab_host(lab["groups"]["gateway"][0]).run(f"ispmail-takeover failback {server}")
 
 
+def observed_state(lab, lab_host, server):
+    """"up" or "down": the first gateway's observer's view of a mailbox server."""
+    status = lab_host(lab["groups"]["gateway"][0]).run("ispmail-takeover status")
+    return json.loads(status.stdout)["servers"].get(server, {}).get("state") if status.rc == 0 else None
+
+
 def home_slots(lab_host, server):
     return {n for n, (_, home, _) in slot_map(lab_host).items() if home == server}
 
@@ -158,7 +165,11 @@ def test_a_stopped_mailbox_server_is_taken_over_then_given_back(lab, lab_host):
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             lmtp_deliver(lab, victim, user, message(user)[1])
 
-        # Given back by the operator: the home server serves it again, the survivor no more.
+        # Given back by the operator once the gateway sees it up (its probes need two good
+        # rounds after Dovecot answers; failback refuses before): the home server serves it
+        # again, the survivor no more.
+        assert wait_for(lambda: observed_state(lab, lab_host, victim) == "up", timeout=60), \
+            f"{lab['groups']['gateway'][0]} never saw {victim} up again"
         result = failback(lab, lab_host, victim)
         assert result.rc == 0, result.stdout + result.stderr
         assert wait_for(lambda: slot in held_slots(lab, lab_host, victim), timeout=TAKEOVER_LIMIT_SECONDS)
