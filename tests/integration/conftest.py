@@ -37,7 +37,7 @@ def slots_at_home(lab, lab_host):
     the suite (a converge on a CPU-starved host can cost a server its lease: the fence stops
     its Dovecot and the gateways move its slots) would fail every test that expects a user
     on the server the directory names."""
-    from test_takeover import all_at_home, held_slots  # noqa: PLC0415 (a test module's helpers)
+    from test_takeover import all_at_home, held_slots  # a test module's helpers
     print("slots held before the suite:", {s: len(held_slots(lab, lab_host, s)) for s in lab["groups"]["mailbox"]})
     all_at_home(lab, lab_host)
 
