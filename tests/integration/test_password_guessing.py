@@ -88,22 +88,25 @@ def service_name(lab_host):
                                          "/etc/nginx/conf.d/ispmail-webmail.conf | head -1")
 
 
+def resolving(lab, service):
+    """Python that maps the webmail's name to lb1 (neither client has DNS for the lab; inet1's
+    /etc/hosts is role common's, and a line added there would be taken out by the next run)."""
+    return (f"import socket\n_real = socket.getaddrinfo\nsocket.getaddrinfo = lambda h, *r, **k: "
+            f"_real({address(lab, 'lb1')!r} if h == {service!r} else h, *r, **k)\n")
+
+
 def from_inet1(lab, lab_host, service, attempts):
-    """Logins from inet1 (no lab CA there: TLS unverified); its name for the webmail maps to lb1."""
+    """Logins from inet1 (no lab CA there: TLS unverified)."""
     args = {"host": address(lab, "lb1"), "service": service, "attempts": attempts}
-    inet1 = lab_host("inet1")
-    inet1.check_output(f"grep -q ' {service}$' /etc/hosts || echo '{address(lab, 'lb1')} {service}' >> /etc/hosts")
-    return json.loads(inet1.check_output(f"python3 -c {shlex.quote(LOGINS)} {shlex.quote(json.dumps(args))}"))
+    script = resolving(lab, service) + LOGINS
+    return json.loads(lab_host("inet1").check_output(f"python3 -c {shlex.quote(script)} {shlex.quote(json.dumps(args))}"))
 
 
 def from_runner(lab, service, attempts):
     """Logins from the test runner, a different client address (TLS verified with the lab CA)."""
     ca = Path(lab["root"]) / ".cache" / f"{lab['lab_name']}-pki" / "ca.crt"
     args = {"host": address(lab, "lb1"), "service": service, "attempts": attempts, "ca": str(ca)}
-    # The runner has no DNS for the lab: its name for the webmail maps to lb1 here.
-    resolve = (f"import socket\n_real = socket.getaddrinfo\nsocket.getaddrinfo = lambda h, *r, **k: "
-               f"_real({address(lab, 'lb1')!r} if h == {service!r} else h, *r, **k)\n")
-    out = subprocess.run([sys.executable, "-c", resolve + LOGINS, json.dumps(args)], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", resolving(lab, service) + LOGINS, json.dumps(args)], capture_output=True,
                          text=True, check=True, timeout=600).stdout
     return json.loads(out)
 

@@ -13,6 +13,7 @@ import os
 import re
 import smtplib
 import subprocess
+import threading
 import time
 
 import pytest
@@ -229,18 +230,22 @@ def test_a_stopping_mailbox_server_answers_every_message_it_saved(lab, lab_host)
         ["podman", "exec", "-i", gateway, "python3", "-", ",".join(users), address(lab, server), "8", "6", run],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env=dict(os.environ, CONTAINERS_CONF=os.path.join(lab["root"], "lab", "containers.conf")))
+    # Read while the stream runs: a full pipe would hold the stream up until the stop is over.
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(stream.stdout), daemon=True)
     try:
         stream.stdin.write(LMTP_STREAM)
         stream.stdin.close()
+        reader.start()
         time.sleep(3)
         stopped = time.time()
         lab_host(server).check_output("systemctl stop dovecot")
-        out = stream.stdout.read()
         stream.wait(timeout=60)
+        reader.join(timeout=10)
     finally:
         lab_host(server).run("systemctl start dovecot")
     outcome = {}
-    for line in out.splitlines():
+    for line in lines:
         word, token, at, *why = line.split()
         outcome.setdefault(token, {})[word] = (float(at), " ".join(why))
     saved = lab_host(server).check_output(
