@@ -8,6 +8,7 @@ delivered once. The returning server serves none of them until the operator give
 back (failback), and then it serves them again.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -215,39 +216,70 @@ threads = [threading.Thread(target=stream, args=(i,)) for i in range(connections
 """
 
 
+@contextlib.contextmanager
+def lmtp_streams(lab, server, users, run, seconds=8, connections=6):
+    """LMTP_STREAM from the first gateway to server; yields the list its lines arrive in, and
+    waits for its end. It is read while it runs: a full pipe would hold it up."""
+    gateway = lab["hosts"][lab["groups"]["gateway"][0]]["ansible_host"]
+    stream = subprocess.Popen(
+        ["podman", "exec", "-i", gateway, "python3", "-", ",".join(users), address(lab, server), str(seconds),
+         str(connections), run],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, CONTAINERS_CONF=os.path.join(lab["root"], "lab", "containers.conf")))
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(stream.stdout), daemon=True)
+    stream.stdin.write(LMTP_STREAM)
+    stream.stdin.close()
+    reader.start()
+    try:
+        yield lines
+        stream.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+
+
+def outcomes(lines):
+    """{token: {TRY|ACK|REFUSED|FAIL: (time, why)}} from LMTP_STREAM's lines."""
+    outcome = {}
+    for line in lines:
+        word, token, at, *why = line.split()
+        outcome.setdefault(token, {})[word] = (float(at), " ".join(why))
+    return outcome
+
+
+def expunge(lab_host, server, users, header, run):
+    """Take a test's many messages out again (they count against the users' quota)."""
+    for user in users:
+        lab_host(server).run(f"doveadm expunge -u {user} mailbox INBOX header {header} {run}.")
+
+
+def users_on(lab_host, server):
+    users = [u for u in PASSWORDS if user_entry(lab_host, u)["ispmailMailboxHost"] == server]
+    assert users, f"no lab user lives on {server}"
+    return users
+
+
 def test_a_stopping_mailbox_server_answers_every_message_it_saved(lab, lab_host):
     """Dovecot's stop ends LMTP sessions with 421, also one whose message is already saved:
     the gateway would deliver it again after the take-over, a duplicate. The stop drains
     first (ispmail-lmtp-drain): no message is saved without its 250."""
     all_at_home(lab, lab_host)
     server = lab["groups"]["mailbox"][-1]
-    users = [u for u in PASSWORDS if user_entry(lab_host, u)["ispmailMailboxHost"] == server]
-    assert users, f"no lab user lives on {server}"
+    users = users_on(lab_host, server)
     homes = [lab_host(server).check_output(f"doveadm user -f home {u}").strip() for u in users]
     run = f"stop{int(time.time())}"
-    gateway = lab["hosts"][lab["groups"]["gateway"][0]]["ansible_host"]
-    stream = subprocess.Popen(
-        ["podman", "exec", "-i", gateway, "python3", "-", ",".join(users), address(lab, server), "8", "6", run],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env=dict(os.environ, CONTAINERS_CONF=os.path.join(lab["root"], "lab", "containers.conf")))
-    # Read while the stream runs: a full pipe would hold the stream up until the stop is over.
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(stream.stdout), daemon=True)
     try:
-        stream.stdin.write(LMTP_STREAM)
-        stream.stdin.close()
-        reader.start()
-        time.sleep(3)
-        stopped = time.time()
-        lab_host(server).check_output("systemctl stop dovecot")
-        stream.wait(timeout=60)
-        reader.join(timeout=10)
+        with lmtp_streams(lab, server, users, run) as lines:
+            time.sleep(3)
+            stopped = time.time()
+            lab_host(server).check_output("systemctl stop dovecot")
+        # A failed ExecStop (the drain) would skip Debian's `doveadm stop` and fail the unit.
+        result = lab_host(server).check_output("systemctl show -p Result --value dovecot")
     finally:
         lab_host(server).run("systemctl start dovecot")
-    outcome = {}
-    for line in lines:
-        word, token, at, *why = line.split()
-        outcome.setdefault(token, {})[word] = (float(at), " ".join(why))
+    outcome = outcomes(lines)
     saved = lab_host(server).check_output(
         "grep -rhoa '^X-Stop-Token: %s[.][0-9a-f]*' %s || true" % (run, " ".join(f"{h}/Maildir" for h in homes)))
     copies = {}
@@ -257,9 +289,40 @@ def test_a_stopping_mailbox_server_answers_every_message_it_saved(lab, lab_host)
     after_stop = [t for t, seen in outcome.items() if min(at for at, _ in seen.values()) >= stopped and "ACK" not in seen]
     print(f"{len(outcome)} transactions, {len(acked)} answered 250, {len(copies)} saved, "
           f"{len(after_stop)} refused or failed after the stop")
+    all_at_home(lab, lab_host)
+    expunge(lab_host, server, users, "X-Stop-Token", run)
+    assert result == "success", f"dovecot.service stopped with result {result}"
     assert acked and after_stop, "the stop did not fall inside the stream of deliveries"
     unanswered = {t: outcome[t] for t in copies if t not in acked}
     assert not unanswered, f"saved, but answered with an error (the gateway delivers again): {unanswered}"
     assert not acked - set(copies), f"answered 250 but not saved: {acked - set(copies)}"
     assert all(n == 1 for n in copies.values()), copies
+
+
+def test_the_stopping_mark_refuses_new_deliveries_once_the_drain_has_run(lab, lab_host):
+    """Under a stream of deliveries, once the drain has run (its mark set, Dovecot's auth cache
+    flushed, the open transactions answered) the fence refuses every new recipient, also of
+    users whose userdb answer was in the cache: otherwise Dovecot's stop that follows would cut
+    those transactions, perhaps after saving."""
     all_at_home(lab, lab_host)
+    server = lab["groups"]["mailbox"][-1]
+    users = users_on(lab_host, server)
+    dropin = lab_host(server).file("/etc/systemd/system/dovecot.service.d/ispmail-drain.conf").content_string
+    drain, mark, _ = re.search(r"^ExecStop=(\S+ispmail-lmtp-drain) (\S+) (\d+)$", dropin, re.M).groups()
+    run = f"mark{int(time.time())}"
+    try:
+        with lmtp_streams(lab, server, users, run) as lines:
+            time.sleep(3)
+            lab_host(server).check_output(f"{drain} {mark} 1")
+            drained = time.time()
+    finally:
+        lab_host(server).run(f"rm -f {mark}; doveadm auth cache flush")
+        expunge(lab_host, server, users, "X-Stop-Token", run)
+    outcome = outcomes(lines)
+    before = [t for t, seen in outcome.items() if "ACK" in seen and seen["TRY"][0] < drained]
+    after = {t: seen for t, seen in outcome.items() if seen["TRY"][0] >= drained}
+    accepted_after = [t for t, seen in after.items() if "ACK" in seen]
+    print(f"{len(before)} answered 250 before the drain ended, {len(after)} tried after it, "
+          f"{len(accepted_after)} of them accepted")
+    assert before and after, "the drain did not fall inside the stream of deliveries"
+    assert not accepted_after, f"{len(accepted_after)} transactions accepted after the drain ended"

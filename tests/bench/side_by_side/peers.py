@@ -173,7 +173,10 @@ bench_no_check {
 RSPAMD_HEADERS = """extended_spam_headers = true;
 """
 
+# In the foreground, started in the background: daemonized, bookworm's clamav-milter (1.0)
+# kept its parent waiting for the child's ready signal, and the setup with it.
 CLAMAV_MILTER = f"""MilterSocket inet:{CLAMAV_MILTER_PORT}@127.0.0.1
+Foreground yes
 User clamav
 FixStaleSocket true
 PidFile /run/clamav/clamav-milter.pid
@@ -205,7 +208,8 @@ def start_rspamd(lab, container, users, no_check):
                              " mkdir -p /run/redis /run/rspamd /var/log/rspamd && chown redis:redis /run/redis && "
                              "chown _rspamd:_rspamd /run/rspamd /var/log/rspamd && "
                              "su -s /bin/sh redis -c 'redis-server /etc/redis/redis.conf' && "
-                             "rspamadm configtest >/dev/null && rspamd -u _rspamd -g _rspamd && clamav-milter")
+                             "rspamadm configtest >/dev/null && rspamd -u _rspamd -g _rspamd && "
+                             "{ clamav-milter </dev/null >/dev/null 2>&1 & }")
     postconf(container, POSTFIX_MAILDIR + [
         f"smtpd_milters=inet:127.0.0.1:{RSPAMD_MILTER_PORT},inet:127.0.0.1:{CLAMAV_MILTER_PORT}",
         "milter_default_action=tempfail", "milter_protocol=6",
