@@ -107,7 +107,12 @@ class ContainerFault(Fault):
     def recovered(self):
         state = _sh(self.container, "systemctl is-system-running", check=False).strip()
         if state not in ("running", "degraded"):
-            return [f"{self.host}: systemd {state or 'not answering'}"]
+            # Starting: name the units whose jobs hold the boot up.
+            jobs = _sh(self.container, "systemctl list-jobs --no-legend", check=False).split("\n") \
+                if state == "starting" else []
+            units = [line.split()[1] for line in jobs if len(line.split()) > 1]
+            waiting = f" (jobs: {', '.join(units[:6])})" if units else ""
+            return [f"{self.host}: systemd {state or 'not answering'}{waiting}"]
         units, failed, tables = self._state()
         problems = [f"{self.host}: {u} active before, not after" for u in sorted(self.before_units - units)]
         problems += [f"{self.host}: {u} failed" for u in sorted(failed - self.before_failed)]
