@@ -4,8 +4,14 @@
 # ANSIBLE_STRATEGY=linear runs without it.
 from __future__ import annotations
 
+import ansible_mitogen.affinity
 import ansible_mitogen.loaders
 import ansible_mitogen.strategy
+
+# Mitogen pins Ansible's processes to CPUs, and what they start inherits it: on two cores
+# every process was on CPU 1, the lab's containers (created by a task) included, so the
+# whole lab ran on one core. The base Policy pins nothing.
+ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
 
 Base = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 

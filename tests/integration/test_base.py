@@ -34,6 +34,14 @@ def test_hosts_reach_each_other_by_name(lab_host, lab_hostname):
         peer.run("systemctl stop probe-listener")
 
 
+def test_every_host_may_run_on_every_cpu(lab_host, lab_hostname):
+    """The lab shares all the machine's CPUs. Mitogen pinned the processes Ansible starts to
+    one CPU, the lab's containers among them, so on two cores the whole lab ran on one."""
+    online = open("/sys/devices/system/cpu/online").read().strip()
+    allowed = lab_host(lab_hostname).check_output("grep Cpus_allowed_list /proc/1/status").split()[-1]
+    assert allowed == online, f"{lab_hostname}: systemd may run on CPUs {allowed}, the machine has {online}"
+
+
 def test_vmail_user_has_fixed_ids(lab_host, lab_hostname):
     user = lab_host(lab_hostname).user("vmail")
     assert user.exists
