@@ -23,29 +23,40 @@ build_packages_image() {
     local limits=()
     for limit in ${LAB_ULIMITS:-}; do limits+=(--ulimit "$limit"); done
     podman run --name "$builder" "${limits[@]}" -e LAB_IMAGE_SPEC="$LAB_IMAGE_SPEC" "$image" python3 -c '
-import json, os, subprocess
+import glob, json, os, subprocess
 spec = json.loads(os.environ["LAB_IMAGE_SPEC"])
 def run(*args, **kw):
     subprocess.run(args, check=True, **kw)
 def links():
     return set(subprocess.run(["find", "/etc/systemd/system", "-type", "l"], check=True,
                               capture_output=True, text=True).stdout.split())
+def rc_links():
+    return set(glob.glob("/etc/rc[2-5].d/S*"))
 run("debconf-set-selections", input="\n".join(spec["debconf"]) + "\n", text=True)
 # Nothing starts while the image is made (no systemd runs in it).
 with open("/usr/sbin/policy-rc.d", "w") as f:
     f.write("#!/bin/sh\nexit 101\n")
 os.chmod("/usr/sbin/policy-rc.d", 0o755)
-before = links()
+before, rc_before = links(), rc_links()
 env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
 run("apt-get", "-qq", "update", env=env)
 run("apt-get", "install", "-y", "-qq", *spec["packages"], env=env, stdout=subprocess.DEVNULL)
-def owner(unit):
-    found = subprocess.run(["dpkg", "-S", "/lib/systemd/system/" + unit], capture_output=True, text=True)
+def owner_of(path):
+    found = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True)
     return found.stdout.split(":")[0]
+def owner(unit):
+    return owner_of("/lib/systemd/system/" + unit)
 units = sorted({os.path.basename(path) for path in links() - before if ".wants/" in path or ".requires/" in path})
 units = [unit for unit in units if owner(unit) not in spec["every_host"]]
 run("systemctl", "disable", "--quiet", "--no-reload", *units)
-print("units left to the roles:", " ".join(units))
+# Init scripts without a unit of their own (clamav-milter): systemd makes units of those
+# started in runlevels 2-5, so a host whose roles never use one still ran it at boot.
+scripts = sorted({os.path.basename(path)[3:] for path in rc_links() - rc_before
+                  if not os.path.exists("/lib/systemd/system/" + os.path.basename(path)[3:] + ".service")})
+scripts = [name for name in scripts if owner_of("/etc/init.d/" + name) not in spec["every_host"]]
+for name in scripts:
+    run("update-rc.d", name, "disable")
+print("units left to the roles:", " ".join(units + scripts))
 os.remove("/usr/sbin/policy-rc.d")
 # No host shares a key: ssl-cert made one for the image.
 for path in ("/etc/ssl/private/ssl-cert-snakeoil.key", "/etc/ssl/certs/ssl-cert-snakeoil.pem"):

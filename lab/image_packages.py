@@ -10,8 +10,9 @@ given to the image's installs.
 
 Prints JSON for lab/build-image.sh: {"packages": [...], "debconf": ["pkg question type
 value", ...], "every_host": the packages role common installs on every host (their units
-stay on in the image, as on every production host), "tag": <hash of all>}. Fails naming
-the task it cannot read.
+stay on in the image, as on every production host), "tag": <hash of all and of
+build-image.sh, so a change in how the image is made makes a new one>}. Fails naming the
+task it cannot read.
 """
 
 import hashlib
@@ -23,6 +24,7 @@ from pathlib import Path
 import yaml
 
 ROLES = Path(__file__).resolve().parent.parent / "roles"
+RECIPE = Path(__file__).resolve().parent / "build-image.sh"
 APT = ("apt_present", "ansible.builtin.apt", "apt", "ansible.builtin.package", "package")
 DEBCONF = ("ansible.builtin.debconf", "debconf")
 # One list variable, a sum of them, or a dict of them indexed by a setting.
@@ -72,7 +74,7 @@ def package_names(value, variables, where):
     return names
 
 
-def image_spec(roles=ROLES):
+def image_spec(roles=ROLES, recipe=RECIPE):
     packages, debconf, host_preseeded, every_host = set(), set(), set(), set()
     apt_tasks = []
     for role in sorted(path for path in roles.iterdir() if (path / "tasks").is_dir()):
@@ -105,7 +107,8 @@ def image_spec(roles=ROLES):
         if not host_preseeded.intersection(names):
             packages.update(names)
     spec = {"packages": sorted(packages), "debconf": sorted(debconf), "every_host": sorted(every_host)}
-    spec["tag"] = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    made = json.dumps(spec, sort_keys=True).encode() + recipe.read_bytes()
+    spec["tag"] = hashlib.sha256(made).hexdigest()[:12]
     return spec
 
 

@@ -62,6 +62,17 @@ def test_six_instances_run_from_postmulti_and_pass_postfix_check(lab_host, lab_h
     assert host.service("memcached").is_running
 
 
+@pytest.mark.group("gateway")
+def test_clamav_milter_is_the_main_process_of_its_own_unit(lab_host, lab_hostname):
+    """Not Debian's init script, whose daemonizing start could hold the boot for 5 minutes."""
+    host = lab_host(lab_hostname)
+    unit = dict(line.split("=", 1) for line in host.check_output(
+        "systemctl show -p FragmentPath -p Type -p MainPID clamav-milter").splitlines())
+    assert unit["FragmentPath"] == "/etc/systemd/system/clamav-milter.service", unit
+    assert unit["Type"] == "simple", unit
+    assert host.check_output(f"cat /proc/{unit['MainPID']}/comm") == "clamav-milter", unit
+
+
 def test_mail_from_the_internet_reaches_the_maildir_through_every_hop(lab, lab_host):
     subject, text = message("alice@example.com")
     assert smtp_from_inet1(lab, lab_host, "lb1", 25, ["alice@example.com"], text)["ok"]

@@ -79,3 +79,13 @@ def test_another_package_gives_another_image_tag(tmp_path):
     first = image_packages.image_spec(tmp_path)["tag"]
     (tmp_path / "one" / "tasks" / "main.yml").write_text(yaml.safe_dump([{"name": "Install", "ansible.builtin.apt": {"name": ["postfix", "rsync"]}}]))
     assert image_packages.image_spec(tmp_path)["tag"] != first
+
+
+def test_another_recipe_gives_another_image_tag(tmp_path):
+    """An image made another way (lab/build-image.sh) is another image: the old one is not reused."""
+    make_role(tmp_path / "roles", "one", [{"name": "Install", "ansible.builtin.apt": {"name": "postfix"}}])
+    recipe = tmp_path / "build-image.sh"
+    recipe.write_text("apt-get install\n")
+    first = image_packages.image_spec(tmp_path / "roles", recipe)["tag"]
+    recipe.write_text("apt-get install\nupdate-rc.d clamav-milter disable\n")
+    assert image_packages.image_spec(tmp_path / "roles", recipe)["tag"] != first
