@@ -244,6 +244,8 @@ class Bench:
                         for rcpt, s, m in zip(rcpts, split(sessions, len(rcpts)), split(messages, len(rcpts))) if m]
         script = "rc=0; " + " ".join(f"{c} & p{i}=$!;" for i, c in enumerate(commands)) + " " + \
                  " ".join(f"wait $p{i} || rc=1;" for i in range(len(commands))) + " exit $rc"
+        # Per unit on the platform's hosts, read outside the cgroup measurement below.
+        units = {c: containers.unit_cpu(c) for c in target.containers()} if name == "platform" else None
         before, start = self.meter.read(), time.time()
         run = containers.subprocess_run(["podman", "exec", self.source, "sh", "-c", script])
         if run.returncode != 0:
@@ -271,6 +273,8 @@ class Bench:
                   "found": found, "duplicates": duplicates, "cpu_s": {c: round(v, 3) for c, v in target_cpu.items()},
                   "source_cpu_s": round(cpu[self.source], 3) if name != "bare" else None,
                   "smtp_source_errors": (run.stderr or "").strip()[-500:] if run.returncode else None}
+        if units:
+            result["unit_cpu_s"] = containers.unit_cpu_since(units)
         if name != "bare":
             target.clean(self.marker)
         return result
@@ -304,9 +308,26 @@ class Bench:
                     tiers[tier] = tiers.get(tier, 0.0) + value
             entry["cpu_s_per_message"] = {tier: round(v / messages, 5) for tier, v in tiers.items()}
             entry["cpu_s_per_message_total"] = round(sum(tiers.values()) / messages, 5)
+            if name == "platform":
+                entry["cpu_s_per_message_by_unit"] = self.by_unit(self.targets[name], entry["rounds"], messages)
             if name != "bare":
                 entry["found"] = sum(r["found"] for r in entry["rounds"])
                 entry["sent"] = messages
+
+    @staticmethod
+    def by_unit(target, rounds, messages):
+        """{tier: {unit: CPU s per message}}, summed over the tier's hosts and the rounds, largest
+        first; not less the idle rate (the lab's timers and probes count here)."""
+        result = {}
+        for tier, members in target.tiers.items():
+            units = {}
+            for r in rounds:
+                for container in members:
+                    for unit, value in r["unit_cpu_s"].get(container, {}).items():
+                        units[unit] = units.get(unit, 0.0) + value
+            result[tier] = {unit: round(value / messages, 5) for unit, value
+                            in sorted(units.items(), key=lambda item: -item[1]) if value / messages >= 0.00005}
+        return result
 
     # --- latency -------------------------------------------------------------------------
     def latency_phase(self, name, label, serial=0, rate=0.0):

@@ -1,5 +1,6 @@
 """Podman helpers: the bench image, throwaway containers on the lab network, cgroup CPU."""
 
+import json
 import subprocess
 import time
 import uuid
@@ -108,6 +109,39 @@ class CpuMeter:
     @staticmethod
     def delta(before, after):
         return {name: after[name] - before[name] for name in before}
+
+
+# CPU seconds per systemd unit inside a container (its cgroup), summed over its processes:
+# utime, stime and the children's cutime, cstime, so daemons that exited still count
+# (Postfix's master holds those of the smtpd and cleanup processes it reaped).
+UNIT_CPU = r"""
+import json, os
+tick, units = os.sysconf("SC_CLK_TCK"), {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat, cgroup = open(f"/proc/{pid}/stat").read(), open(f"/proc/{pid}/cgroup").read()
+    except OSError:
+        continue
+    lines = [line.split(":", 2) for line in cgroup.splitlines()]
+    unit = next((path.rsplit("/", 1)[-1] for _, name, path in lines if name in ("name=systemd", "")), "?")
+    units[unit] = units.get(unit, 0) + sum(int(f) for f in stat[stat.rfind(")") + 2:].split()[11:15]) / tick
+print(json.dumps(units))
+"""
+
+
+def unit_cpu(container):
+    """{unit: CPU seconds so far} in a container with systemd."""
+    return json.loads(podman("exec", "-i", container, "python3", "-", stdin=UNIT_CPU))
+
+
+def unit_cpu_since(before):
+    """{container: {unit: CPU seconds since before}}, units that used some."""
+    since = {}
+    for container, units in before.items():
+        now = unit_cpu(container)
+        since[container] = {unit: round(value - units.get(unit, 0.0), 3) for unit, value in now.items()
+                            if value - units.get(unit, 0.0) >= 0.005}
+    return since
 
 
 def wait(predicate, timeout, interval=0.5, what="the benchmark"):

@@ -8,6 +8,8 @@ LABELS = {
 }
 
 COLOURS = {"bare": "#999999", "platform": "#1f77b4", "amavis": "#d62728", "rspamd": "#ff7f0e"}
+# The platform's units named under the table (report.json has them all).
+UNITS_SHOWN = 12
 
 
 def _fmt(value, digits=3):
@@ -39,6 +41,12 @@ def table(results):
         lines.append("")
         lines.append("platform CPU s/msg by tier: " + ", ".join(f"{tier} {value:.4f}" for tier, value
                                                                in platform["cpu_s_per_message"].items()))
+        units = sorted(((value, f"{tier}/{unit}") for tier, per_unit in
+                        platform.get("cpu_s_per_message_by_unit", {}).items() for unit, value in per_unit.items()),
+                       reverse=True)[:UNITS_SHOWN]
+        if units:
+            lines.append(f"platform CPU ms/msg, top {len(units)} units: "
+                         + ", ".join(f"{name} {value * 1000:.2f}" for value, name in units))
     for proto, entry in results["sessions"].items():
         lines.append(f"{proto} via lb1: {entry['sessions_per_s']} sessions/s ({entry['failures']} failed); CPU s "
                      + ", ".join(f"{tier} {value:.2f}" for tier, value in entry["cpu_s"].items()))
