@@ -284,9 +284,11 @@ def test_spamcheck_defines_edge_and_scan_and_every_lookup_they_use():
     assert list(instances) == ["edge", "scan"]
     used = set(re.findall(r"ldap_dir }}/([a-z-]+)\.cf", yaml.safe_dump(instances)))
     assert used and used <= set(data["__spamcheck_ldap_maps"])
-    services = postfix_instance_services(instances, standard_services())
+    services = postfix_instance_services(instances, standard_services(), data["__spamcheck_master_services"])
     edge = names(services["edge"])
-    assert edge[:4] == ["{{ spamcheck_inbound_port }}/inet", "smtpd/pass", "dnsblog/unix", "tlsproxy/unix"]
+    assert edge[:3] == ["{{ spamcheck_inbound_port }}/inet", "smtpd/pass", "dnsblog/unix"]
+    # postscreen's STARTTLS and the smtp clients' reused TLS connections (both instances).
+    assert all(names(table).count("tlsproxy/unix") == 1 for table in services.values())
     assert edge.count("relay/unix") == 1 and "local/unix" in edge
     relay = next(s for s in services["edge"] if s["service"] == "relay")
     assert relay["options"] == {"syslog_name": "postfix-edge/relay", "smtp_host_lookup": "native"}
