@@ -5,6 +5,8 @@
 
 Configurations (docs/benchmarks.md has the details):
     bare      stock Postfix relaying to smtp-sink (the ceiling)
+    hops      the same Postfix, each message through six SMTP hops, then smtp-sink (the
+              floor of the platform's hop count)
     platform  the lab: lb1:25 -> spamcheck -> six Postfix instances with ClamAV -> LMTP to Maildir
     amavis    Postfix + amavisd-new + SpamAssassin + clamd in one container, to Maildir
     rspamd    one Postfix with the rspamd milter and clamav-milter, to Maildir
@@ -34,9 +36,11 @@ import peers  # noqa: E402
 import report  # noqa: E402
 import lab_inventory  # noqa: E402
 
-CONFIGS = ["bare", "platform", "amavis", "rspamd"]
+CONFIGS = ["bare", "hops", "platform", "amavis", "rspamd"]
+# Relays to smtp-sink: a round ends when the queue is empty; no Maildir, no latency phases.
+TO_SINK = {"bare", "hops"}
 # Messages of the first (calibration, warm-up) round; later rounds are sized from its rate.
-CALIBRATION = {"bare": 1000, "platform": 150, "amavis": 30, "rspamd": 200}
+CALIBRATION = {"bare": 1000, "hops": 300, "platform": 150, "amavis": 30, "rspamd": 200}
 SENDER = "bench@example.net"
 
 
@@ -151,12 +155,14 @@ class Bench:
         containers.podman("cp", str(HERE / "sender.py"), f"{self.source}:/usr/local/bin/bench-sender")
         containers.podman("cp", str(self.root / ".cache" / f"{self.lab_name}-pki" / "ca.crt"),
                           f"{self.source}:/usr/local/share/bench-ca.crt")
-        if "bare" in configs:
+        if TO_SINK & set(configs):
             peers.start_bare(self.source)
             peers.started(self.source)
             self.bare_queue = Path(containers.podman("inspect", "--format", "{{.GraphDriver.Data.MergedDir}}",
                                                      self.source)) / "var/spool/postfix"
-            self.targets["bare"] = Target("bare", "127.0.0.1:25", {}, {"bare": [self.source]})
+            for name, port in (("bare", 25), ("hops", peers.HOPS_PORTS[0])):
+                if name in configs:
+                    self.targets[name] = Target(name, f"127.0.0.1:{port}", {}, {name: [self.source]})
         if "platform" in configs:
             self.targets["platform"] = PlatformTarget(self.lab, self.users)
         self.tmp = Path(tempfile.mkdtemp(prefix="ispmail-bench-", dir="/var/tmp"))
@@ -234,9 +240,9 @@ class Bench:
         target = self.targets[name]
         tag = f"bench {self.runid} {label}"
         sessions = self.args.sessions
-        if name == "bare":
+        if name in TO_SINK:
             commands = [f"smtp-source -s {sessions} -l {self.args.size} -m {messages} -S '{tag}' -M {self.marker} "
-                        f"-f {SENDER} -t sink@example.net 127.0.0.1:25"]
+                        f"-f {SENDER} -t sink@example.net {target.smtp}"]
         else:
             rcpts = list(self.users)
             commands = [f"smtp-source -s {s} -l {self.args.size} -m {m} -S '{tag} {rcpt}' -M {self.marker} "
@@ -250,10 +256,10 @@ class Bench:
         run = containers.subprocess_run(["podman", "exec", self.source, "sh", "-c", script])
         if run.returncode != 0:
             log(f"round: {name} smtp-source reported: {(run.stderr or run.stdout).strip()[-300:]}")
-        if name == "bare":
+        if name in TO_SINK:
             end = containers.wait(lambda: not any(p.is_file() for d in ("maildrop", "incoming", "active", "deferred")
                                                    for p in (self.bare_queue / d).rglob("*")), 600, interval=0.1,
-                                  what="bare relay")
+                                  what=f"{name} relay")
             found, duplicates = messages, 0
         else:
             # Counted by the round's tag: a late message of an earlier round must not end this one.
@@ -271,11 +277,11 @@ class Bench:
         target_cpu = {c: cpu[c] for c in target.containers()}
         result = {"messages": messages, "seconds": round(seconds, 2), "msgs_per_s": round(messages / seconds, 1),
                   "found": found, "duplicates": duplicates, "cpu_s": {c: round(v, 3) for c, v in target_cpu.items()},
-                  "source_cpu_s": round(cpu[self.source], 3) if name != "bare" else None,
+                  "source_cpu_s": round(cpu[self.source], 3) if name not in TO_SINK else None,
                   "smtp_source_errors": (run.stderr or "").strip()[-500:] if run.returncode else None}
         if units:
             result["unit_cpu_s"] = containers.unit_cpu_since(units)
-        if name != "bare":
+        if name not in TO_SINK:
             target.clean(self.marker)
         return result
 
@@ -293,7 +299,7 @@ class Bench:
                 messages = max(20, int(rates[name] * self.args.round_seconds))
                 result = self.throughput_round(name, messages, f"round{round_number}")
                 self.results["throughput"][name]["rounds"].append(result)
-                found = "" if name == "bare" else f", {result['found']} found in Maildir"
+                found = "" if name in TO_SINK else f", {result['found']} found in Maildir"
                 log(f"round {round_number}: {name} {result['msgs_per_s']} msg/s ({messages} messages{found})")
         bare = statistics.median(r["msgs_per_s"] for r in self.results["throughput"]["bare"]["rounds"]) \
             if "bare" in configs else None
@@ -310,7 +316,7 @@ class Bench:
             entry["cpu_s_per_message_total"] = round(sum(tiers.values()) / messages, 5)
             if name == "platform":
                 entry["cpu_s_per_message_by_unit"] = self.by_unit(self.targets[name], entry["rounds"], messages)
-            if name != "bare":
+            if name not in TO_SINK:
                 entry["found"] = sum(r["found"] for r in entry["rounds"])
                 entry["sent"] = messages
 
@@ -374,7 +380,7 @@ class Bench:
         return result
 
     def latency(self):
-        for name in [c for c in CONFIGS if c in self.targets and c != "bare"]:
+        for name in [c for c in CONFIGS if c in self.targets and c not in TO_SINK]:
             phases = {"light": self.latency_phase(name, "light", serial=self.args.light_messages)}
             log(f"latency: {name} one at a time p50 {phases['light']['p50_s']} s p99 {phases['light']['p99_s']} s")
             capacity = self.results["throughput"][name]["median_msgs_per_s"]
@@ -426,6 +432,10 @@ class Bench:
             ratio = throughput["platform"]["median_msgs_per_s"] / throughput["amavis"]["median_msgs_per_s"]
             results["platform_vs_amavis"] = round(ratio, 2)
             checks["platform_vs_amavis_at_least_5x"] = ratio >= 5
+        if "platform" in throughput and "hops" in throughput:
+            # How much of the gap to bare is the hop count alone, and how much the platform's work.
+            results["platform_vs_hops"] = round(throughput["platform"]["median_msgs_per_s"]
+                                                / throughput["hops"]["median_msgs_per_s"], 3)
         latency = results["latency"].get("platform", {})
         if latency:
             checks["light_p50_at_most_0.3s"] = (latency["light"]["p50_s"] or 99) <= 0.3

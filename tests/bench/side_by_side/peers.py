@@ -1,6 +1,8 @@
 """The configurations the platform is measured against, each in one throwaway container.
 
     bare    stock Postfix relaying to smtp-sink, in the source container (the ceiling)
+    hops    the same Postfix passing each message through six SMTP hops, then smtp-sink: the
+            floor of any design with the platform's hop count (no checks, no TLS, no LDAP)
     amavis  Postfix -> amavisd-new (SpamAssassin in process, ClamAV through clamd) -> Postfix
             -> virtual(8) to Maildir: the common ISP design
     rspamd  one Postfix with the rspamd milter and clamav-milter -> virtual(8) to Maildir
@@ -39,6 +41,10 @@ POSTFIX_MAILDIR = [
     "smtpd_recipient_restrictions=permit_mynetworks,reject_unauth_destination",
 ]
 BARE = ["relayhost=[127.0.0.1]:2526", "mynetworks=127.0.0.0/8", "inet_interfaces=loopback-only", "mydestination="]
+# The hops configuration: mail in on the first port passes smtpd, cleanup, the queue and the
+# smtp client once per port (content_filter to the next), like the platform's contracted
+# inbound path (edge, scan, std, route, vscan, mbox); the last relays to smtp-sink.
+HOPS_PORTS = [2525, 10101, 10102, 10103, 10104, 10105]
 
 CLAMAV_MILTER_PORT = 7357
 RSPAMD_MILTER_PORT = 11332
@@ -49,11 +55,32 @@ def postconf(container, settings):
                   + " ".join(shlex.quote(s) for s in POSTFIX_COMMON + settings) + " && newaliases")
 
 
+def hop_services():
+    """master.cf entries of the hops: each smtpd names itself (else the smtp client would see
+    its own name in the next hop's greeting and call it a loop) and filters to the next port."""
+    entries = []
+    for number, port in enumerate(HOPS_PORTS, 1):
+        following = HOPS_PORTS[number] if number < len(HOPS_PORTS) else None
+        entries.append(f"127.0.0.1:{port}/inet=127.0.0.1:{port} inet n - n - - smtpd "
+                       f"-o myhostname=hop{number}.bench.example.net "
+                       f"-o content_filter={f'smtp:[127.0.0.1]:{following}' if following else ''}")
+    return entries
+
+
 def start_bare(container):
-    """Postfix relaying to smtp-sink, both in `container` (the source container)."""
+    """Postfix relaying to smtp-sink, both in `container` (the source container), with the
+    hops' listeners beside port 25."""
     postconf(container, BARE)
+    containers.sh(container, "postconf -M " + " ".join(shlex.quote(entry) for entry in hop_services()))
     containers.sh(container, "postfix start >/dev/null 2>&1; (setsid smtp-sink -u nobody 127.0.0.1:2526 256 "
                              ">/dev/null 2>&1 &)")
+    # One message through the hops first: each hop must hand it on (else the floor is wrong).
+    containers.wait(lambda: containers.sh(container, "smtp-source -m 1 -f hops-check@example.net -t sink@example.net "
+                                                     f"127.0.0.1:{HOPS_PORTS[0]} >/dev/null 2>&1 && echo sent",
+                                          check=False) == "sent", 60, what="the first hop's listener")
+    relays = [f"127.0.0.1[127.0.0.1]:{port}" for port in HOPS_PORTS[1:] + [2526]]
+    containers.wait(lambda: all(f"relay={relay}," in containers.sh(container, "cat /var/log/postfix.log")
+                                for relay in relays), 60, interval=0.5, what="a message through the six hops")
 
 
 def maildir_users(container, users):

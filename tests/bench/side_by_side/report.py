@@ -2,12 +2,13 @@
 
 LABELS = {
     "bare": "bare Postfix -> smtp-sink",
+    "hops": "six Postfix hops -> smtp-sink",
     "platform": "platform (lb1 -> Maildir)",
     "amavis": "Postfix+amavis+SA+ClamAV",
     "rspamd": "Postfix+rspamd+clamav-milter",
 }
 
-COLOURS = {"bare": "#999999", "platform": "#1f77b4", "amavis": "#d62728", "rspamd": "#ff7f0e"}
+COLOURS = {"bare": "#999999", "hops": "#bbbbbb", "platform": "#1f77b4", "amavis": "#d62728", "rspamd": "#ff7f0e"}
 # The platform's units named under the table (report.json has every unit above 0.05 ms/msg).
 UNITS_SHOWN = 12
 
@@ -50,6 +51,9 @@ def table(results):
     for proto, entry in results["sessions"].items():
         lines.append(f"{proto} via lb1: {entry['sessions_per_s']} sessions/s ({entry['failures']} failed); CPU s "
                      + ", ".join(f"{tier} {value:.2f}" for tier, value in entry["cpu_s"].items()))
+    for key, label in (("platform_vs_hops", "six bare hops"), ("platform_vs_amavis", "the amavis peer")):
+        if key in results:
+            lines.append(f"platform against {label}: {results[key]}x")
     lines.append("tier_costs: " + ", ".join(f"{k}={_fmt(v, 5)}" for k, v in results["tier_costs"].items()))
     for check, ok in results.get("targets_design_6", {}).items():
         lines.append(f"design 6 target {check}: {'met' if ok else 'NOT met'}")
@@ -67,9 +71,19 @@ def plots(results, output, log):
         return
     names = list(results["throughput"])
     rates = [results["throughput"][n]["median_msgs_per_s"] for n in names]
-    figure, axes = plt.subplots(figsize=(8, 4.5))
-    bars = axes.bar([LABELS.get(n, n).replace(" (", "\n(").replace("+", "+\n", 1) for n in names], rates,
-                    color=[COLOURS.get(n, "#777777") for n in names])
+    figure, axes = plt.subplots(figsize=(10, 5))
+    bars = axes.bar([LABELS.get(n, n).replace(" (", "\n(").replace(" -> smtp", "\n-> smtp").replace("+", "+\n", 1)
+                     for n in names], rates, color=[COLOURS.get(n, "#777777") for n in names])
+    # The design's targets for the platform, where their reference ran.
+    throughput = results["throughput"]
+    targets = sorted((throughput[reference]["median_msgs_per_s"] * factor, label) for reference, factor, label
+                     in (("bare", 0.15, "target 0.15x bare"), ("amavis", 5, "target 5x amavis"))
+                     if reference in throughput and "platform" in throughput)
+    for number, (level, label) in enumerate(targets):
+        axes.axhline(level, linestyle="--", linewidth=1, color=COLOURS["platform"])
+        # Left of the first bar, the lower label under its line, the higher one above.
+        axes.annotate(label, (-0.45, level), ha="left", va="top" if number == 0 and len(targets) > 1 else "bottom",
+                      fontsize=8, color=COLOURS["platform"])
     for bar, name in zip(bars, names):
         ratio = results["throughput"][name]["ratio_to_bare"]
         axes.annotate(f"{bar.get_height():.0f} msg/s" + (f"\n{ratio:.3f}x bare" if ratio is not None else ""),
